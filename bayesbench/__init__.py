@@ -1,0 +1,3 @@
+"""bayesbench: benchmark Bayesian and uncertainty-aware transformers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from bayesbench.cli import main
+
+main()

@@ -1,0 +1,325 @@
+"""The command line: thin Typer commands over the library (config, runner, store, report)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bayesbench.errors import BayesbenchError, ConfigError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Benchmark Bayesian and uncertainty-aware transformers: calibration, robustness, "
+    "OOD detection and cost.",
+)
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_CONFIG = Path("benchmarks.yaml")
+DEFAULT_STORE = Path("results/bayesbench.sqlite")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="benchmarks.yaml to read.")]
+StoreOpt = Annotated[Path, typer.Option("--store", help="SQLite results store.")]
+
+
+def _csv(value: Optional[str], flag: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ConfigError(f"{flag}: give a comma-separated list, e.g. {flag} a,b")
+    return items
+
+
+def _seeds(value: Optional[str]) -> list[int] | None:
+    items = _csv(value, "--seeds")
+    if items is None:
+        return None
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds {value}: give integers separated by commas, e.g. --seeds 0,1,2"
+        ) from None
+
+
+@app.command("list")
+def list_cmd(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    shapes: Annotated[bool, typer.Option(help="Build each dataset to show its shapes.")] = True,
+) -> None:
+    """List methods, datasets and metrics with one-line descriptions.
+
+    Example: `bayesbench list --no-shapes`
+    """
+    from bayesbench.metrics import METRICS
+    from bayesbench.registry import DATASETS, METHODS
+
+    t = Table(title="Methods", title_justify="left")
+    t.add_column("name", style="bold")
+    t.add_column("description")
+    for name in METHODS.names():
+        t.add_row(name, _describe(lambda n=name: METHODS.get(n).description))
+    out.print(t)
+
+    t = Table(title="Datasets", title_justify="left")
+    for col in ["name", "description"] + (["input", "classes", "train/val/test", "shifts", "ood"]
+                                          if shapes else []):
+        t.add_column(col, style="bold" if col == "name" else None)
+    for name in DATASETS.names():
+        row = [name, _describe(lambda n=name: DATASETS.get(n).description)]
+        if shapes:
+            try:
+                s = DATASETS.get(name)().build(0).summary()
+                row += [str(s["input"]), str(s["classes"]), str(s["train/val/test"]),
+                        ", ".join(f"{k} ({len(v)})" for k, v in s["shifts"].items()),
+                        ", ".join(f"{k} ({n})" for k, n in s["ood"].items())]
+            except Exception as exc:  # e.g. a dataset that needs parameters (files)
+                row += [f"needs parameters: {exc}"[:60], "", "", "", ""]
+        t.add_row(*row)
+    out.print(t)
+
+    t = Table(title="Metrics", title_justify="left")
+    for col in ["name", "better", "gate tolerance", "description"]:
+        t.add_column(col, style="bold" if col == "name" else None)
+    for m in METRICS.values():
+        tol = f"{m.tolerance:g}" if m.gated else "not gated"
+        t.add_row(m.name, m.arrow, tol, m.description)
+    out.print(t)
+
+
+def _describe(get) -> str:
+    try:
+        return str(get())
+    except Exception as exc:  # a broken plugin should not break `list`
+        return f"[red]cannot load: {exc}[/red]"
+
+
+@app.command()
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    methods: Annotated[Optional[str], typer.Option(help="Method labels, comma-separated.")] = None,
+    datasets: Annotated[Optional[str], typer.Option(help="Dataset labels, comma-separated.")
+                        ] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Base seeds, e.g. 0,1,2.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Same grid, tiny budget.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker "
+                                                   "(default 1).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    store: StoreOpt = DEFAULT_STORE,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also write the report "
+                                                    "here when the grid is done.")] = None,
+) -> None:
+    """Train and evaluate every (method, dataset, seed) of the config not already stored.
+
+    Example: `bayesbench run --methods map,mc_dropout --seeds 0,1,2 --workers 2`
+
+    Runs already complete in the store are skipped, so a rerun resumes where a crash or
+    Ctrl-C stopped. Exit 1 when any run failed (its error is stored), 2 on bad input.
+    """
+    from bayesbench.config import expand, load_config
+    from bayesbench.runner import check_inputs, resolve_device, run_grid
+    from bayesbench.store import ResultStore
+
+    cfg = load_config(config)
+    specs = expand(cfg, methods=_csv(methods, "--methods"), datasets=_csv(datasets, "--datasets"),
+                   seeds=_seeds(seeds), quick=quick)
+    dev = resolve_device(device)
+    check_inputs(cfg, specs)
+    result_store = ResultStore(store)
+    names = {s.key: f"{s.label} · {s.dataset_label} · seed {s.seed}" for s in specs}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        grid = progress.add_task("grid", total=len(specs), info="")
+        active: dict[str, int] = {}
+        progress.update(grid, completed=sum(1 for s in specs
+                                            if s.key in result_store.completed_keys()))
+
+        def on_event(event: tuple) -> None:
+            if event[0] == "start":
+                active[event[1]] = progress.add_task(f"  {names[event[1]]}", total=None, info="")
+            elif event[0] == "epoch" and event[1] in active:
+                _, key, phase, epoch, total, loss = event
+                progress.update(active[key], completed=epoch, total=total,
+                                info=f"{phase} loss {loss:.3f}")
+
+        def on_result(result) -> None:
+            task_id = active.pop(result.key, None)
+            if task_id is not None:
+                progress.remove_task(task_id)
+            progress.advance(grid)
+            if result.status == "failed":
+                progress.console.print(f"[red]failed[/red] {names[result.key]}: {result.error}")
+
+        outcome = run_grid(specs, result_store, device=dev, workers=workers, threads=threads,
+                           on_event=on_event, on_result=on_result)
+    _print_summary(outcome.results, len(outcome.skipped))
+    if out_dir is not None and not outcome.interrupted:
+        _write_report(result_store, out_dir, quick=quick, baseline=None)
+    if outcome.interrupted:
+        console.print("[yellow]interrupted[/yellow]: finished runs are stored; rerun to resume.")
+        raise typer.Exit(130)
+    if outcome.failed:
+        console.print(f"[red]{len(outcome.failed)} run(s) failed[/red]; errors are stored and "
+                      "shown by `bayesbench report`.")
+        raise typer.Exit(1)
+
+
+def _print_summary(results: list, skipped: int) -> None:
+    t = Table(title=f"{len(results)} run(s) done, {skipped} already stored (skipped)",
+              title_justify="left")
+    for col in ["method", "dataset", "seed", "status", "accuracy ↑", "nll ↓", "ece ↓",
+                "train s"]:
+        t.add_column(col)
+    for r in sorted(results, key=lambda r: (r.dataset, r.label, r.seed)):
+        if r.status == "complete":
+            vals = [r.metric("test", m) for m in ("accuracy", "nll", "ece")]
+            cells = [f"{v:.4f}" for v in vals] + [f"{r.metric('cost', 'train_seconds'):.1f}"]
+            t.add_row(r.label, r.dataset, str(r.seed), "[green]complete[/green]", *cells)
+        else:
+            t.add_row(r.label, r.dataset, str(r.seed), "[red]failed[/red]", "", "", "", "")
+    out.print(t)
+
+
+def _write_report(store, out_dir: Path, quick: bool | None, baseline: Path | None) -> None:
+    from bayesbench.report import write_baseline, write_report
+
+    paths = write_report(store, out_dir, quick=quick)
+    if baseline is not None:
+        write_baseline(store, baseline, quick=quick)
+        paths.append(baseline)
+    for p in paths:
+        out.print(f"wrote {p}")
+
+
+RunsOpt = Annotated[Optional[bool], typer.Option(
+    "--quick/--full", help="Use quick-budget or full runs (default: full runs if any).")]
+
+
+@app.command()
+def report(
+    store: StoreOpt = DEFAULT_STORE,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the report files.")] = Path(
+        "reports"),
+    write_baseline: Annotated[Optional[Path], typer.Option(
+        "--write-baseline", help="Also write a regression-gate baseline CSV here.")] = None,
+    quick: RunsOpt = None,
+) -> None:
+    """Write leaderboard.md, results.csv, summary.csv and reliability diagrams.
+
+    Example: `bayesbench report --out reports/ --write-baseline reports/baseline.csv`
+    """
+    from bayesbench.store import ResultStore
+
+    _write_report(ResultStore.open_existing(store), out_dir, quick, write_baseline)
+
+
+@app.command()
+def check(
+    baseline: Annotated[Path, typer.Option(help="Baseline CSV written by `report "
+                                           "--write-baseline`.")],
+    store: StoreOpt = DEFAULT_STORE,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        help="Override a metric's tolerance, e.g. --tolerance ece=0.01 (repeatable).")] = None,
+    quick: RunsOpt = None,
+) -> None:
+    """Gate CI: compare the store's aggregates with a baseline, direction-aware.
+
+    Example: `bayesbench check --baseline reports/baseline.csv --tolerance ece=0.01`
+
+    Exit 0 when nothing regressed, 1 when a metric regressed (or a baseline row has no
+    result), 2 when the baseline is missing or malformed.
+    """
+    from bayesbench.report import check_against_baseline, load_baseline
+    from bayesbench.store import ResultStore
+
+    overrides: dict[str, float] = {}
+    for item in tolerance or []:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--tolerance {item}: write METRIC=VALUE, e.g. --tolerance ece=0.01"
+            ) from None
+    base = load_baseline(baseline)
+    result = check_against_baseline(ResultStore.open_existing(store), base,
+                                    tolerance_overrides=overrides, quick=quick)
+    t = Table(title=f"regression gate against {baseline}", title_justify="left")
+    for col in ["method", "dataset", "split", "metric", "baseline", "current", "tolerance",
+                "status"]:
+        t.add_column(col)
+    colour = {"ok": "green", "improved": "green", "regressed": "red", "missing": "red"}
+    for row in result.rows:
+        if row.status in ("regressed", "missing") or len(result.rows) <= 40:
+            cur = "" if row.current is None else f"{row.current:.4f}"
+            t.add_row(row.method, row.dataset, row.split, row.metric, f"{row.baseline:.4f}", cur,
+                      f"{row.tolerance:g}", f"[{colour[row.status]}]{row.status}[/]")
+    out.print(t)
+    bad = [r for r in result.rows if r.status in ("regressed", "missing")]
+    out.print(f"{len(result.rows)} checked, {len(bad)} regressed or missing")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def score(
+    probs: Annotated[Path, typer.Option(help="Probabilities N×C or samples S×N×C "
+                                        "(.npy, .npz, .csv).")],
+    labels: Annotated[Path, typer.Option(help="Integer labels, N (.npy, .npz, .csv).")],
+    ood_probs: Annotated[Optional[Path], typer.Option(help="Predictions on OOD inputs.")] = None,
+    bins: Annotated[int, typer.Option(min=1, help="ECE bins.")] = 15,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score any model's saved predictions with bayesbench's metrics.
+
+    Example: `bayesbench score --probs p.npy --labels y.npy --ood-probs ood.npy --json`
+    """
+    from bayesbench.metrics import METRICS
+    from bayesbench.scoring import score_predictions
+
+    scores = score_predictions(probs, labels, ood_probs, n_bins=bins)
+    if as_json:
+        out.print_json(json.dumps(scores))
+        return
+    for group, values in scores.items():
+        t = Table(title=group, title_justify="left")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k, v in values.items():
+            arrow = METRICS[k].arrow if k in METRICS else ""
+            t.add_row(f"{k} {arrow}", f"{v:.4f}")
+        out.print(t)
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear line and exit 2, no traceback."""
+    try:
+        app(standalone_mode=False)
+    except BayesbenchError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,1 @@
+"""Built-in datasets, one per file. See :mod:`bayesbench.data.base` for the interface."""

@@ -1,0 +1,1 @@
+"""Uncertainty methods, one per file. See :mod:`bayesbench.methods.base` for the interface."""

@@ -1,0 +1,162 @@
+"""The method interface and the one training loop every method shares.
+
+A method is configured by keyword arguments of its ``__init__`` (checked against the
+signature when the config is loaded), fitted with :meth:`Method.fit`, and predicts
+``[S, N, C]`` class-probability samples with :meth:`Method.predict` (S = 1 for deterministic
+methods). Every method trains with :func:`train_classifier`, so every method on a dataset gets
+the same optimizer, batch size and number of epochs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bayesbench.models import ModelConfig
+from bayesbench.task import Split, Task
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the run is recorded as failed with this message."""
+
+
+@dataclass
+class TrainingConfig:
+    """The training budget, shared by every method on a dataset."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EvaluationConfig:
+    ece_bins: int = 15
+    mc_samples: int = 16  # S for sampling methods that don't set their own
+    batch_size: int = 512
+
+
+EpochCallback = Callable[[str, int, int, float], None]
+"""(phase, epoch 1-based, total epochs, mean training loss) -> None"""
+
+
+@dataclass
+class FitContext:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    on_epoch: EpochCallback | None = None
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def make_optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with the configured learning rate and (decoupled) weight decay."""
+    return torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+
+
+def train_classifier(
+    model: nn.Module,
+    split: Split,
+    ctx: FitContext,
+    *,
+    loss_fn: LossFn = cross_entropy_loss,
+    optimizer: torch.optim.Optimizer | None = None,
+    epochs: int | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    on_step_end: Callable[[int], None] | None = None,
+    phase: str = "train",
+) -> list[float]:
+    """Minibatch training; returns the mean loss of each epoch.
+
+    Shuffling uses a generator seeded from ``ctx.seed``, so a run is reproducible. The whole
+    split is moved to the device once (the datasets here are small). Raises
+    :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
+    """
+    model.to(ctx.device)
+    optimizer = optimizer or make_optimizer(model, ctx.training)
+    epochs = ctx.training.epochs if epochs is None else epochs
+    x, y = split.x.to(ctx.device), split.y.to(ctx.device)
+    n, bs = len(y), ctx.training.batch_size
+    gen = torch.Generator().manual_seed(ctx.seed)
+    history: list[float] = []
+    step = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for idx in torch.randperm(n, generator=gen).split(bs):
+            idx = idx.to(ctx.device)
+            loss = loss_fn(model, x[idx], y[idx])
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"{phase}: loss became {loss.item()} in epoch {epoch}; lower the learning "
+                    "rate or check the method's parameters"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if ctx.training.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), ctx.training.grad_clip)
+            optimizer.step()
+            step += 1
+            if on_step_end is not None:
+                on_step_end(step)
+            total += loss.item() * len(idx)
+            count += len(idx)
+        history.append(total / count)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(phase, epoch, epochs, history[-1])
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict_batched(
+    sample_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Apply ``sample_fn(x_batch) -> [S, B, C]`` over batches; returns ``[S, N, C]`` on CPU."""
+    parts = [sample_fn(xb.to(device)).float().cpu() for xb in x.split(batch_size)]
+    return torch.cat(parts, dim=1)
+
+
+def count_parameters(*modules: nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
+
+
+class Method(ABC):
+    """An uncertainty method: ``fit`` on a task, then ``predict`` probability samples."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line for `bayesbench list`
+
+    @abstractmethod
+    def fit(self, task: Task, ctx: FitContext) -> None:
+        """Train on ``task.train``; post-hoc steps may use ``task.val`` (never the test set)."""
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[S, N, C]`` for inputs ``x [N, ...]`` (on CPU)."""
+
+    @abstractmethod
+    def num_parameters(self) -> int:
+        """Trainable parameters, counted over everything the method keeps (all members)."""
+

@@ -1,0 +1,111 @@
+"""Registries of methods, datasets and metrics by name.
+
+An entry is a lazy ``"package.module:Object"`` string, imported on first use, so listing
+names costs nothing and a broken plugin only fails when it is used. Names resolve in order:
+built-ins, installed plugins (entry-point groups ``bayesbench.methods`` /
+``bayesbench.datasets``), then a literal ``"package.module:Object"`` reference, which lets a
+config name a user's own class without any registration.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from bayesbench.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+def import_object(reference: str) -> Any:
+    """Import ``"package.module:Object"`` (``Object`` may be dotted)."""
+    module_name, _, attr = reference.partition(":")
+    if not module_name or not attr:
+        raise UnknownNameError(
+            f"'{reference}' is not an import reference: write it as 'package.module:Object'"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownNameError(
+            f"cannot import module '{module_name}' for '{reference}': {exc}"
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UnknownNameError(f"module '{module_name}' has no attribute '{attr}'") from None
+    return obj
+
+
+class Registry(Generic[T]):
+    """Name -> object, with lazy imports, entry-point plugins and "did you mean" errors."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, str | T] = {}
+        self._plugins_loaded = False
+
+    def register(self, name: str, obj: str | T) -> None:
+        """Register an object, or a lazy ``"module:attr"`` reference, under ``name``."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is registered twice")
+        self._entries[name] = obj
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded or self.entry_point_group is None:
+            return
+        self._plugins_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            self._entries.setdefault(ep.name, ep.value)
+
+    def names(self) -> list[str]:
+        self._load_plugins()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_plugins()
+        return name in self._entries or ":" in name
+
+    def get(self, name: str) -> T:
+        """The object for ``name``; unknown names raise :class:`UnknownNameError`."""
+        self._load_plugins()
+        if name in self._entries:
+            entry = self._entries[name]
+            if isinstance(entry, str):
+                entry = import_object(entry)
+                self._entries[name] = entry
+            return entry  # type: ignore[return-value]
+        if ":" in name:
+            return import_object(name)
+        raise UnknownNameError(self.unknown_message(name))
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return (
+            f"unknown {self.kind} '{name}'.{hint} Known {self.kind}s: {', '.join(self.names())}; "
+            f"or name your own as 'package.module:Object'."
+        )
+
+
+METHODS: Registry[Any] = Registry("method", "bayesbench.methods")
+DATASETS: Registry[Any] = Registry("dataset", "bayesbench.datasets")
+
+# Built-in methods: one file each under bayesbench/methods/.
+for _name, _ref in {
+    "map": "bayesbench.methods.map:MAP",
+    "temperature_scaling": "bayesbench.methods.temperature_scaling:TemperatureScaling",
+    "mc_dropout": "bayesbench.methods.mc_dropout:MCDropout",
+    "deep_ensemble": "bayesbench.methods.deep_ensemble:DeepEnsemble",
+}.items():
+    METHODS.register(_name, _ref)
+
+# Built-in datasets: one file each under bayesbench/data/.
+for _name, _ref in {
+    "digits": "bayesbench.data.digits:Digits",
+}.items():
+    DATASETS.register(_name, _ref)

@@ -1,0 +1,103 @@
+"""Aggregate tidy metric values over seeds.
+
+Input is the tidy frame of :meth:`ResultStore.metrics_frame` (key, label, method, dataset,
+seed, quick, split, metric, value). Besides the stored splits, each run gets derived summary
+splits before averaging over seeds:
+
+* ``shift_mean``   – mean over every shift kind and severity of the run;
+* ``shift/<kind>`` – mean over the severities of one shift kind;
+* ``severity/<s>`` – mean over the shift kinds at severity ``s``;
+* ``ood_mean``     – mean over the run's OOD sets.
+
+Then, per (label, dataset, split, metric): ``mean``, ``std`` (sample std, ddof = 1; reported
+as 0 when only one seed is available) and ``n`` (number of seeds with a value).
+
+Quick (smoke-test) runs and full runs are never mixed: see :func:`select_runs`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from bayesbench.errors import StoreError
+
+if TYPE_CHECKING:
+    from bayesbench.store import ResultStore
+
+SHIFT_MEAN = "shift_mean"
+OOD_MEAN = "ood_mean"
+
+TIDY_COLUMNS = ["key", "label", "method", "dataset", "seed", "quick", "split", "metric", "value"]
+AGGREGATE_COLUMNS = ["label", "method", "dataset", "quick", "split", "metric", "mean", "std", "n"]
+
+_SHIFT_RE = r"^shift/(?P<kind>[^/]+)/(?P<severity>\d+)$"
+
+
+def select_runs(tidy: pd.DataFrame, quick: bool | None = None) -> tuple[pd.DataFrame, bool]:
+    """Keep only quick or only full runs; returns (rows, quick flag used).
+
+    ``quick=None`` picks full runs when any exist, else quick runs.
+    """
+    if quick is None:
+        quick = not bool((~tidy["quick"].astype(bool)).any()) if len(tidy) else False
+    return tidy[tidy["quick"].astype(bool) == bool(quick)].copy(), bool(quick)
+
+
+def add_summary_splits(tidy: pd.DataFrame) -> pd.DataFrame:
+    """``tidy`` plus per-run rows for the derived splits (module docstring); NaN values are
+    skipped in the per-run means."""
+    id_cols = [c for c in tidy.columns if c not in ("split", "value")]
+    parts = tidy["split"].str.extract(_SHIFT_RE)
+    shift = tidy[parts["kind"].notna()].assign(
+        kind=parts["kind"], severity=parts["severity"].astype(float)
+    )
+    ood = tidy[tidy["split"].str.startswith("ood/")]
+
+    def per_run(rows: pd.DataFrame, by: list[str], split_name) -> pd.DataFrame:
+        if rows.empty:
+            return rows.iloc[0:0][list(tidy.columns)]
+        out = rows.groupby(id_cols + by, dropna=False, sort=False)["value"].mean().reset_index()
+        out["split"] = out.apply(split_name, axis=1) if by else split_name
+        return out[list(tidy.columns)]
+
+    derived = [
+        per_run(shift, [], SHIFT_MEAN),
+        per_run(shift, ["kind"], lambda r: f"shift/{r['kind']}"),
+        per_run(shift, ["severity"], lambda r: f"severity/{int(r['severity'])}"),
+        per_run(ood, [], OOD_MEAN),
+    ]
+    derived = [d for d in derived if not d.empty]
+    return pd.concat([tidy, *derived], ignore_index=True) if derived else tidy.copy()
+
+
+def aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof = 1; 0 when n = 1) and n over seeds per (label, dataset, split, metric),
+    including the derived summary splits. ``tidy`` must hold one mode (quick or full) only."""
+    if tidy["quick"].nunique() > 1:
+        raise ValueError("aggregate() got quick and full runs together: use select_runs first")
+    full = add_summary_splits(tidy)
+    grouped = full.groupby(
+        ["label", "method", "dataset", "quick", "split", "metric"], sort=True, dropna=False
+    )["value"]
+    out = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    out["std"] = np.where(out["n"] <= 1, np.where(out["n"] == 1, 0.0, np.nan), out["std"])
+    out["n"] = out["n"].astype(int)
+    return out[AGGREGATE_COLUMNS]
+
+
+def aggregate_store(store: ResultStore, quick: bool | None = None) -> pd.DataFrame:
+    """:func:`aggregate` of the store's complete runs of one mode (see :func:`select_runs`).
+
+    Raises :class:`StoreError` when there is no complete run to aggregate.
+    """
+    tidy, quick = select_runs(store.metrics_frame(), quick)
+    if tidy.empty:
+        mode = "quick" if quick else "full"
+        raise StoreError(
+            f"no complete {mode} runs in {store.path}: run `bayesbench run` first"
+            + (" (or choose the other run mode)" if len(store.completed_keys()) else "")
+        )
+    return aggregate(tidy)

@@ -1,0 +1,198 @@
+"""Score any model's saved predictions: the library behind ``bayesbench score``.
+
+``bayesbench score --probs FILE --labels FILE [--ood-probs FILE] [--bins N]`` loads the files
+with :func:`load_array` and calls :func:`score_predictions`. Every problem the files can cause
+raises :class:`~bayesbench.errors.InputFileError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bayesbench.errors import ConfigError, InputFileError
+from bayesbench.metrics.suite import check_labels, check_probabilities, evaluate_ood, evaluate_split
+from bayesbench.results import TEST_SPLIT
+
+OOD_SPLIT = "ood"
+
+SUPPORTED_EXTENSIONS = (".npy", ".npz", ".csv")
+_WRITERS = {".npy": "numpy.save", ".npz": "numpy.savez", ".csv": "a CSV writer"}
+
+ArrayOrPath = Any
+"""A numpy array, a torch tensor, or a path (``str`` / ``os.PathLike``) read by load_array."""
+
+
+def _npz_names(what: str) -> tuple[str, ...]:
+    """Array names looked for in a multi-array ``.npz``, by what the file holds."""
+    return ("labels",) if "label" in what.lower() else ("probs", "samples")
+
+
+def load_array(path: str | os.PathLike[str], what: str) -> np.ndarray:
+    """Read one numeric array from ``path``.
+
+    - ``.npy``: the array (pickled object arrays are refused);
+    - ``.npz``: the only array, or else the one named ``labels`` (when ``what`` mentions
+      labels) or ``probs`` / ``samples`` (otherwise);
+    - ``.csv``: a numeric table, optionally with one header row (recognised by a non-numeric
+      cell in the first row); a single column comes back 1-D (``[N]``), otherwise ``[N, C]``.
+
+    ``what`` names the input in error messages (e.g. ``"probs"``, ``"labels"``,
+    ``"ood-probs"``). Raises InputFileError for a missing, unreadable or non-numeric file or an
+    unsupported extension.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"{what} file '{p}' does not exist; check the path")
+    if not p.is_file():
+        raise InputFileError(f"{what} file '{p}' is not a regular file; give a file path")
+    ext = p.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise InputFileError(
+            f"{what} file '{p}' has unsupported extension '{p.suffix}'; save it as "
+            f"{', '.join(SUPPORTED_EXTENSIONS)} (e.g. numpy.save('{p.stem}.npy', array))"
+        )
+    try:
+        with open(p, "rb") as f:
+            is_npy = f.read(6) == b"\x93NUMPY"
+    except OSError as exc:
+        raise InputFileError(
+            f"{what} file '{p}' cannot be opened: {exc.strerror}; check its permissions"
+        ) from None
+    # without these checks numpy falls back to unpickling and reports "pickled data"
+    if (ext == ".npy" and not is_npy) or (ext == ".npz" and not zipfile.is_zipfile(p)):
+        raise InputFileError(
+            f"{what} file '{p}' is not a numpy {ext} file (its header is wrong); write it with "
+            f"{_WRITERS[ext]}, or rename it if it has another format"
+        )
+    try:
+        if ext == ".npy":
+            array = np.load(p, allow_pickle=False)
+        elif ext == ".npz":
+            array = _load_npz(p, what)
+        else:
+            array = _load_csv(p, what)
+    except InputFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pd.errors.ParserError) as exc:
+        raise InputFileError(
+            f"{what} file '{p}' cannot be read as {ext}: {str(exc).strip()}; check that it was "
+            f"written by {_WRITERS[ext]}"
+        ) from None
+    if array.dtype.kind not in "biuf":
+        raise InputFileError(f"{what} file '{p}' holds a {array.dtype} array; it must hold numbers")
+    return array
+
+
+def _load_npz(p: Path, what: str) -> np.ndarray:
+    with np.load(p, allow_pickle=False) as archive:
+        names = list(archive.files)
+        if len(names) == 1:
+            return archive[names[0]]
+        for name in _npz_names(what):
+            if name in names:
+                return archive[name]
+    wanted = " or ".join(f"'{n}'" for n in _npz_names(what))
+    raise InputFileError(
+        f"{what} file '{p}' holds arrays {names or '(none)'} and none is named {wanted}; save "
+        f"the {what} alone, or under the name {wanted}"
+    )
+
+
+def _load_csv(p: Path, what: str) -> np.ndarray:
+    try:
+        text = pd.read_csv(p, header=None, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputFileError(f"{what} file '{p}' is empty; write one row per example") from None
+    text = text.apply(lambda col: col.str.strip())
+
+    def non_numeric(cells: pd.DataFrame) -> pd.DataFrame:
+        # empty cells and "nan" are NaN, reported as such later, not as text
+        blank_or_nan = cells.apply(lambda col: col.str.lower().isin(["", "nan"]))
+        return cells.apply(pd.to_numeric, errors="coerce").isna() & cells.notna() & ~blank_or_nan
+
+    if len(text) and non_numeric(text.iloc[:1]).to_numpy().any():  # a header row
+        text = text.iloc[1:].reset_index(drop=True)
+    values = text.apply(pd.to_numeric, errors="coerce")
+    if len(values) == 0:
+        raise InputFileError(f"{what} file '{p}' has no data rows; write one row per example")
+    bad = non_numeric(text).to_numpy()
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputFileError(
+            f"{what} file '{p}' has a non-numeric value {text.iat[row, col]!r} in data row "
+            f"{row + 1}, column {col + 1}; the file must be numbers only, after one optional "
+            "header row"
+        )
+    array = values.to_numpy()
+    if array.dtype == object:  # a column of ints beside one with NaN
+        array = array.astype(np.float64)
+    return array[:, 0] if array.shape[1] == 1 else array
+
+
+def _as_input(value: ArrayOrPath, what: str) -> tuple[np.ndarray, str]:
+    """``(array, how to name it in messages)`` for an array or a path to one."""
+    if isinstance(value, (str, os.PathLike)):
+        return load_array(value, what), f"{what} file '{value}'"
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value), f"{what} array"
+
+
+def _check_probabilities(array: np.ndarray, source: str) -> np.ndarray:
+    try:
+        return check_probabilities(array, source)
+    except ValueError as exc:
+        raise InputFileError(str(exc)) from None
+
+
+def score_predictions(
+    probs: ArrayOrPath,
+    labels: ArrayOrPath,
+    ood_probs: ArrayOrPath | None = None,
+    n_bins: int = 15,
+) -> dict[str, dict[str, float]]:
+    """Every metric of saved predictions: ``{"test": {...}, "ood": {...}}``.
+
+    probs: ``[N, C]`` probabilities or ``[S, N, C]`` predictive samples; labels: ``[N]`` (or
+    ``[N, 1]``) integer classes in ``[0, C)``; ood_probs: optional ``[M, C]`` or
+    ``[S, M, C]`` predictions on OOD inputs (then the ``"ood"`` entry is present). Each may be
+    an array or a path read by :func:`load_array`. Rows must be probabilities: logits (negative
+    values, rows not summing to 1 within 1e-3) are refused with a hint to apply softmax.
+    Raises InputFileError naming the file at fault, ConfigError for a bad ``n_bins``.
+    """
+    if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1:
+        raise ConfigError(f"--bins must be a positive integer, got {n_bins!r}")
+    samples, probs_source = _as_input(probs, "probs")
+    samples = _check_probabilities(samples, probs_source)
+    _, n, c = samples.shape
+
+    y, labels_source = _as_input(labels, "labels")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 1 and len(y) != n:
+        raise InputFileError(
+            f"{labels_source} has {len(y)} labels but {probs_source} has {n} rows; both must "
+            "list the same examples in the same order"
+        )
+    try:
+        y = check_labels(y, n, c, labels_source)
+    except ValueError as exc:
+        raise InputFileError(str(exc)) from None
+
+    result = {TEST_SPLIT: evaluate_split(samples, y, n_bins=int(n_bins))}
+    if ood_probs is not None:
+        ood, ood_source = _as_input(ood_probs, "ood-probs")
+        ood = _check_probabilities(ood, ood_source)
+        if ood.shape[2] != c:
+            raise InputFileError(
+                f"{ood_source} has {ood.shape[2]} classes but {probs_source} has {c}; score "
+                "OOD inputs with the same model as the test inputs"
+            )
+        result[OOD_SPLIT] = evaluate_ood(samples, ood)
+    return result

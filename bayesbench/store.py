@@ -1,0 +1,286 @@
+"""The results store: one SQLite file holding every finished run.
+
+Tables
+------
+``bayesbench_schema(name, value)``
+    Marks the file as a bayesbench store and records the schema version.
+``runs``
+    One row per run, keyed by :attr:`RunResult.key` (the RunSpec hash). Writing a key again
+    replaces the row, so rerunning a failed run overwrites its failure.
+``metrics(key, split, metric, value)``
+    Tidy metric values, for queries and for :meth:`ResultStore.metrics_frame`.
+
+Each :meth:`ResultStore.write` is one transaction committed at once, so a crash loses at most
+the run in flight. WAL journaling plus a busy timeout lets readers (``report``) look at the
+file while a benchmark is still writing to it. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bayesbench.errors import StoreError
+from bayesbench.results import MetricValue, RunResult
+
+SCHEMA_VERSION = 1
+_APP_NAME = "bayesbench"
+_BUSY_TIMEOUT_S = 30.0
+
+# Scalar columns of ``runs``, in RunResult field order; JSON columns follow.
+_RUN_COLUMNS = [
+    "key", "label", "method", "dataset", "seed", "config_hash", "quick", "status", "error",
+    "device", "git_commit", "started_at", "finished_at",
+]
+_JSON_COLUMNS = ["spec", "versions", "reliability"]
+
+_SCHEMA_SQL = f"""
+BEGIN;
+CREATE TABLE IF NOT EXISTS bayesbench_schema (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    key         TEXT PRIMARY KEY,
+    label       TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    seed        INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    quick       INTEGER NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('complete', 'failed')),
+    error       TEXT,
+    device      TEXT,
+    git_commit  TEXT,
+    started_at  TEXT,
+    finished_at TEXT,
+    spec        TEXT NOT NULL,
+    versions    TEXT NOT NULL,
+    reliability TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    key    TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
+    split  TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value  REAL,
+    PRIMARY KEY (key, split, metric)
+);
+CREATE INDEX IF NOT EXISTS metrics_by_metric ON metrics(metric, split);
+INSERT OR IGNORE INTO bayesbench_schema (name, value)
+    VALUES ('app', '{_APP_NAME}'), ('schema_version', '{SCHEMA_VERSION}');
+COMMIT;
+"""
+
+
+def _to_json(obj: Any) -> str:
+    # default=str: a stray non-JSON value in a spec must not lose a finished run.
+    return json.dumps(obj, sort_keys=False, default=str)
+
+
+def _from_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class ResultStore:
+    """SQLite results store at ``path``; created (with its parent folders) if missing.
+
+    Use :meth:`open_existing` where a missing store is an error (``report``, ``check``).
+
+    >>> store = ResultStore("results/bayesbench.sqlite")          # doctest: +SKIP
+    >>> store.write(result); store.completed_keys()               # doctest: +SKIP
+    {'3f2a...'}
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(
+                f"results store {self.path} is a folder: give the path of a .sqlite file"
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the folder for results store {self.path}: {exc}"
+            ) from None
+        self._initialise()
+
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str]) -> ResultStore:
+        """Open a store that must already exist (for reading results)."""
+        p = Path(path)
+        if not p.is_file():
+            raise StoreError(f"no results at {p}: run `bayesbench run` first")
+        return cls(p)
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r})"
+
+    # -- connection and schema -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection that commits on success, rolls back on error and always closes."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open results store {self.path}: {exc}") from None
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            with conn:  # transaction: commit or roll back
+                yield conn
+        except sqlite3.OperationalError as exc:
+            raise StoreError(
+                f"cannot use results store {self.path} ({exc}): check that it is writable and "
+                "that no other process holds it locked, or choose another store path"
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"results store {self.path} is unreadable ({exc}): it is not a bayesbench "
+                "store or it is damaged; choose another store path or move this file away"
+            ) from None
+        finally:
+            conn.close()
+
+    def _initialise(self) -> None:
+        with self._connect() as conn:
+            tables = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if "bayesbench_schema" not in tables:
+                if tables:
+                    raise StoreError(
+                        f"{self.path} is an SQLite file but not a bayesbench results store "
+                        f"(it holds tables {sorted(tables)}): choose another store path"
+                    )
+                conn.executescript(_SCHEMA_SQL)  # its own BEGIN/COMMIT: all or nothing
+            else:
+                info = dict(conn.execute("SELECT name, value FROM bayesbench_schema"))
+                version = int(info.get("schema_version", "0"))
+                if info.get("app") != _APP_NAME or version < 1:
+                    raise StoreError(
+                        f"{self.path} has no valid bayesbench schema record: "
+                        "choose another store path"
+                    )
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"results store {self.path} has schema version {version}, newer than "
+                        f"this bayesbench understands ({SCHEMA_VERSION}): upgrade bayesbench "
+                        "or choose another store path"
+                    )
+        # WAL lets report/check read while a run writes; outside the transaction by necessity.
+        with contextlib.suppress(StoreError):
+            with self._connect() as conn:
+                conn.execute("PRAGMA journal_mode = WAL")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, result: RunResult) -> None:
+        """Insert or replace the run ``result.key`` and its metrics, in one transaction."""
+        seen: set[tuple[str, str]] = set()
+        for m in result.metrics:
+            if (m.split, m.metric) in seen:
+                raise ValueError(
+                    f"run {result.key} reports {m.metric} on split {m.split} twice"
+                )
+            seen.add((m.split, m.metric))
+        row = [getattr(result, c) for c in _RUN_COLUMNS]
+        row[_RUN_COLUMNS.index("quick")] = int(bool(result.quick))
+        row += [_to_json(result.spec), _to_json(result.versions), _to_json(result.reliability)]
+        columns = _RUN_COLUMNS + _JSON_COLUMNS
+        with self._connect() as conn:
+            conn.execute("DELETE FROM metrics WHERE key = ?", (result.key,))
+            conn.execute("DELETE FROM runs WHERE key = ?", (result.key,))
+            conn.execute(
+                f"INSERT INTO runs ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                row,
+            )
+            conn.executemany(
+                "INSERT INTO metrics (key, split, metric, value) VALUES (?, ?, ?, ?)",
+                [(result.key, m.split, m.metric, float(m.value)) for m in result.metrics],
+            )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def completed_keys(self) -> set[str]:
+        """Keys of runs that finished successfully (failed runs are rerun on resume)."""
+        with self._connect() as conn:
+            return {k for (k,) in conn.execute("SELECT key FROM runs WHERE status = 'complete'")}
+
+    def get(self, key: str) -> RunResult | None:
+        """The stored run ``key``, or None."""
+        found = self._load("WHERE key = ?", (key,))
+        return found[0] if found else None
+
+    def results(self, status: str | None = None) -> list[RunResult]:
+        """All stored runs (optionally only ``"complete"`` or ``"failed"``), sorted by
+        dataset, label, seed."""
+        if status is None:
+            return self._load("", ())
+        if status not in ("complete", "failed"):
+            raise ValueError(f"status must be 'complete', 'failed' or None, not {status!r}")
+        return self._load("WHERE status = ?", (status,))
+
+    def _load(self, where: str, params: tuple[Any, ...]) -> list[RunResult]:
+        columns = _RUN_COLUMNS + _JSON_COLUMNS
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(columns)} FROM runs {where} "
+                "ORDER BY dataset, label, seed, key",
+                params,
+            ).fetchall()
+            metrics: dict[str, list[MetricValue]] = {}
+            for key, split, metric, value in conn.execute(
+                # rowid order = the order the run reported its metrics in
+                f"SELECT key, split, metric, value FROM metrics "
+                f"WHERE key IN (SELECT key FROM runs {where}) ORDER BY rowid",
+                params,
+            ):
+                # SQLite stores NaN as NULL; give it back as NaN.
+                v = math.nan if value is None else float(value)
+                metrics.setdefault(key, []).append(MetricValue(split, metric, v))
+        out = []
+        for row in rows:
+            d = dict(zip(columns, row))
+            d["quick"] = bool(d["quick"])
+            for c in _JSON_COLUMNS:
+                d[c] = _from_json(d[c])
+            d["metrics"] = metrics.get(d["key"], [])
+            out.append(RunResult(**d))
+        return out
+
+    def runs_frame(self) -> pd.DataFrame:
+        """One row per stored run (complete and failed): the scalar columns of ``runs``."""
+        with self._connect() as conn:
+            frame = pd.read_sql_query(
+                f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs ORDER BY dataset, label, seed, key",
+                conn,
+            )
+        frame["quick"] = frame["quick"].astype(bool)
+        return frame
+
+    def metrics_frame(self) -> pd.DataFrame:
+        """Tidy metric values of complete runs: key, label, method, dataset, seed, quick,
+        split, metric, value (one row per run × split × metric)."""
+        with self._connect() as conn:
+            frame = pd.read_sql_query(
+                "SELECT r.key, r.label, r.method, r.dataset, r.seed, r.quick, "
+                "m.split, m.metric, m.value "
+                "FROM metrics m JOIN runs r ON r.key = m.key "
+                "WHERE r.status = 'complete' "
+                "ORDER BY r.dataset, r.label, r.seed, r.key, m.rowid",
+                conn,
+            )
+        frame["quick"] = frame["quick"].astype(bool)
+        frame["value"] = frame["value"].astype(float)
+        return frame

@@ -1,0 +1,133 @@
+"""The data contract between datasets, methods and evaluation.
+
+A dataset builds a :class:`Task`; methods fit on ``task.train`` (and may use ``task.val`` for
+post-hoc steps); evaluation runs on ``task.test``, every shifted split and every OOD set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+
+InputKind = Literal["vectors", "tokens", "features"]
+"""How the model reads ``x``:
+
+- ``vectors``: float ``[N, T, F]``, a sequence of T tokens with F features each (image patches,
+  patches of a 1-D signal); a shared linear embedding plus a learnt position embedding.
+- ``tokens``: long ``[N, T]`` token ids in ``[0, vocab_size)``; an embedding table plus position.
+- ``features``: float ``[N, F]`` tabular features, each feature its own token (FT-Transformer
+  style: token_j = x_j * W_j + b_j), no position embedding.
+"""
+
+
+@dataclass
+class Split:
+    """Inputs and labels of one split.
+
+    x: ``[N, ...]`` (see :data:`InputKind`); y: ``[N]`` long class indices;
+    true_probs: optional ``[N, C]`` exact Bayes posterior p(y | x) when the generating
+    process is known (then metrics against the truth are computed too).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    true_probs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+        if self.true_probs is not None and len(self.true_probs) != len(self.y):
+            raise ValueError("true_probs must have one row per example")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        tp = None if self.true_probs is None else self.true_probs[index]
+        return Split(self.x[index], self.y[index], tp)
+
+    def head(self, n: int | None, seed: int = 0) -> Split:
+        """A random subset of at most ``n`` examples (deterministic in ``seed``)."""
+        if n is None or n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        return self.subset(torch.randperm(len(self), generator=g)[:n])
+
+
+@dataclass
+class Task:
+    """Everything a benchmark run needs from a dataset.
+
+    shifted: shift kind -> severity (1 = mildest) -> split, labelled like the test split.
+    ood: OOD set name -> inputs ``[M, ...]`` of classes or sources never seen in training.
+    """
+
+    name: str
+    input_kind: InputKind
+    num_classes: int
+    train: Split
+    val: Split
+    test: Split
+    shifted: dict[str, dict[int, Split]] = field(default_factory=dict)
+    ood: dict[str, torch.Tensor] = field(default_factory=dict)
+    vocab_size: int | None = None
+    class_names: list[str] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Longest token sequence over all splits (sizes the position embedding)."""
+        if self.input_kind == "features":
+            return self.train.x.shape[1]
+        lengths = [s.x.shape[1] for s in self.all_splits()]
+        lengths += [x.shape[1] for x in self.ood.values()]
+        return max(lengths)
+
+    @property
+    def feature_dim(self) -> int:
+        """F for ``vectors`` and ``features`` inputs; 0 for ``tokens``."""
+        if self.input_kind == "vectors":
+            return self.train.x.shape[-1]
+        if self.input_kind == "features":
+            return self.train.x.shape[1]
+        return 0
+
+    def all_splits(self) -> list[Split]:
+        out = [self.train, self.val, self.test]
+        for sev in self.shifted.values():
+            out.extend(sev.values())
+        return out
+
+    def limited(self, max_train: int | None, max_eval: int | None, seed: int = 0) -> Task:
+        """A smaller copy for quick runs: at most ``max_train`` training and ``max_eval``
+        examples in every evaluation split and OOD set."""
+
+        def cap_x(x: torch.Tensor) -> torch.Tensor:
+            if max_eval is None or len(x) <= max_eval:
+                return x
+            g = torch.Generator().manual_seed(seed)
+            return x[torch.randperm(len(x), generator=g)[:max_eval]]
+
+        return replace(
+            self,
+            train=self.train.head(max_train, seed),
+            val=self.val.head(max_eval, seed),
+            test=self.test.head(max_eval, seed),
+            shifted={
+                k: {s: sp.head(max_eval, seed) for s, sp in sev.items()}
+                for k, sev in self.shifted.items()
+            },
+            ood={k: cap_x(x) for k, x in self.ood.items()},
+        )
+
+    def summary(self) -> dict[str, object]:
+        """Shapes, classes, shift kinds and OOD sets, for ``bayesbench list``."""
+        return {
+            "input": f"{self.input_kind} {list(self.train.x.shape[1:])}",
+            "classes": self.num_classes,
+            "train/val/test": f"{len(self.train)}/{len(self.val)}/{len(self.test)}",
+            "shifts": {k: sorted(v) for k, v in self.shifted.items()},
+            "ood": {k: len(v) for k, v in self.ood.items()},
+            "true_posterior": self.test.true_probs is not None,
+        }

@@ -1,0 +1,258 @@
+"""Reports: hand-computed aggregates, bold marks, row counts, PNGs, failures, run modes."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.image
+import pandas as pd
+import pytest
+
+from bayesbench.errors import StoreError
+from bayesbench.report import aggregate_store, write_report
+from bayesbench.report.leaderboard import markdown_table
+from bayesbench.results import MetricValue, RunResult, ood_split, shift_split
+from bayesbench.store import ResultStore
+
+# --- fake runs (no training): values chosen so that seed means are easy to compute by hand ---
+SHIFT_KINDS = ("noise", "blur")
+SEVERITIES = (1, 2)
+OOD_SETS = {"far": 0.9, "near": 0.7}  # auroc_* of every run
+QUALITY = ("accuracy", "nll", "brier", "ece", "adaptive_ece", "mce", "aurc", "mean_entropy")
+OOD_METRICS = [f"{k}_{s}" for s in ("max_prob", "entropy", "mutual_info")
+               for k in ("auroc", "aupr", "fpr95")]
+
+
+def fake_result(label, dataset, seed, acc, ece, *, quick=False, status="complete", error=None,
+                shift=True, ood=True, n_params=1000):
+    """A RunResult with quality metrics derived from (acc, ece): on shift/<kind>/<s>,
+    accuracy = acc - 0.1 s - (0.02 for blur) and ece = ece + 0.01 s."""
+    def quality(split, a, e):
+        vals = dict(accuracy=a, nll=1 - a, brier=(1 - a) / 2, ece=e, adaptive_ece=e + 0.001,
+                    mce=3 * e, aurc=(1 - a) / 4, mean_entropy=0.5)
+        return [MetricValue(split, m, vals[m]) for m in QUALITY]
+
+    metrics = quality("test", acc, ece) if status == "complete" else []
+    if status == "complete" and shift:
+        for kind in SHIFT_KINDS:
+            for s in SEVERITIES:
+                a = acc - 0.1 * s - (0.02 if kind == "blur" else 0.0)
+                metrics += quality(shift_split(kind, s), a, ece + 0.01 * s)
+    if status == "complete" and ood:
+        for name, auroc in OOD_SETS.items():
+            metrics += [MetricValue(ood_split(name), m,
+                                    auroc if m.startswith("auroc") else 0.3 if "fpr" in m else 0.6)
+                        for m in OOD_METRICS]
+    if status == "complete":
+        metrics += [MetricValue("cost", "train_seconds", 10.0 + seed),
+                    MetricValue("cost", "predict_seconds_per_1000", 0.5),
+                    MetricValue("cost", "num_parameters", float(n_params))]
+    return RunResult(
+        key=f"{label}-{dataset}-{seed}-{'q' if quick else 'f'}", label=label,
+        method=label.split("_")[0], dataset=dataset, seed=seed, config_hash="cfg123",
+        quick=quick, status=status, error=error, metrics=metrics,
+        reliability={"n_bins": 5, "counts": [0, 1, 2, 3, 4],
+                     "confidence_sum": [0.0, 0.3, 1.0, 2.1, 3.6],
+                     "correct_sum": [0, 0, 1, 2, 4]} if status == "complete" else None,
+        spec={"method": {"name": label}, "evaluation": {"ece_bins": 5}},
+        versions={"torch": "2.3.0"}, git_commit="abc1234", started_at="2025-01-01T00:00:00",
+        finished_at="2025-01-01T00:01:00")
+
+
+# map: accuracy 0.90/0.92/0.94 (mean 0.92, std 0.02), ece 0.10/0.12/0.14 (mean 0.12, std 0.02)
+# vi:  accuracy 0.80/0.85/0.90 (mean 0.85, std 0.05), ece 0.02/0.03/0.04 (mean 0.03, std 0.01)
+RUNS = {"map": ([0.90, 0.92, 0.94], [0.10, 0.12, 0.14]),
+        "vi": ([0.80, 0.85, 0.90], [0.02, 0.03, 0.04])}
+PER_RUN_ROWS = 8 + len(SHIFT_KINDS) * len(SEVERITIES) * 8 + len(OOD_SETS) * 9 + 3
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ResultStore(tmp_path / "results.sqlite")
+    for label, (accs, eces) in RUNS.items():
+        for seed, (a, e) in enumerate(zip(accs, eces)):
+            store.write(fake_result(label, "toy", seed, a, e,
+                                    n_params=1000 if label == "map" else 2000))
+            # second dataset: 2 seeds, no shift or OOD sets
+            if seed < 2:
+                store.write(fake_result(label, "tiny", seed, a, e, shift=False, ood=False))
+    store.write(fake_result("vi", "toy", 7, 0.5, 0.5, status="failed",
+                            error="Traceback ...\nRuntimeError: KL | term is NaN"))
+    # quick runs with very different numbers: must never leak into the full report
+    store.write(fake_result("map", "toy", 0, 0.10, 0.90, quick=True))
+    return store
+
+
+def _cell(summary, label, split, metric, dataset="toy"):
+    row = summary[(summary.label == label) & (summary.dataset == dataset)
+                  & (summary.split == split) & (summary.metric == metric)]
+    assert len(row) == 1, (label, split, metric)
+    return row.iloc[0]
+
+
+def _table_after(md: str, heading: str) -> list[list[str]]:
+    """Cells of the first Markdown table after ``heading``."""
+    lines = md[md.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return [rows[0]] + rows[2:]  # drop the alignment rule
+
+
+def test_summary_csv_holds_hand_computed_means_and_stds(store, tmp_path):
+    write_report(store, tmp_path / "out")
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    acc = _cell(summary, "map", "test", "accuracy")
+    assert (acc["mean"], acc["std"], acc["n"]) == (pytest.approx(0.92), pytest.approx(0.02), 3)
+    ece = _cell(summary, "vi", "test", "ece")
+    assert (ece["mean"], ece["std"]) == (pytest.approx(0.03), pytest.approx(0.01))
+    # per run shift_mean accuracy = acc - 0.15 (severities 1, 2) - 0.01 (blur half the time)
+    sm = _cell(summary, "map", "shift_mean", "accuracy")
+    assert (sm["mean"], sm["std"], sm["n"]) == (pytest.approx(0.76), pytest.approx(0.02), 3)
+    assert _cell(summary, "vi", "severity/2", "accuracy")["mean"] == pytest.approx(0.85 - 0.21)
+    assert _cell(summary, "vi", "shift/blur", "accuracy")["mean"] == pytest.approx(0.85 - 0.17)
+    assert _cell(summary, "map", "shift/noise", "ece")["mean"] == pytest.approx(0.12 + 0.015)
+    assert _cell(summary, "vi", "ood_mean", "auroc_entropy")["mean"] == pytest.approx(0.8)
+    assert _cell(summary, "map", "cost", "train_seconds")["mean"] == pytest.approx(11.0)
+    tiny = _cell(summary, "vi", "test", "accuracy", dataset="tiny")
+    assert (tiny["mean"], tiny["n"]) == (pytest.approx(0.825), 2)
+    assert tiny["std"] == pytest.approx(math.sqrt(2 * 0.025**2))
+    assert not summary["quick"].any()
+    assert not ((summary.dataset == "tiny") & (summary.split == "shift_mean")).any()
+
+
+def test_std_is_zero_for_a_single_seed(tmp_path):
+    store = ResultStore(tmp_path / "one.sqlite")
+    store.write(fake_result("map", "toy", 0, 0.9, 0.1))
+    agg = aggregate_store(store)
+    acc = _cell(agg, "map", "test", "accuracy")
+    assert (acc["mean"], acc["std"], acc["n"]) == (pytest.approx(0.9), 0.0, 1)
+
+
+def test_results_csv_has_one_row_per_run_split_metric(store, tmp_path):
+    write_report(store, tmp_path / "out")
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(results.columns) == ["label", "method", "dataset", "seed", "split", "shift_kind",
+                                     "severity", "metric", "value", "quick", "key"]
+    assert len(results) == 6 * PER_RUN_ROWS + 4 * (8 + 3)  # toy: 6 runs; tiny: 4 runs
+    row = results[(results.key == "vi-toy-1-f") & (results.split == "shift/blur/2")
+                  & (results.metric == "accuracy")]
+    assert (row["shift_kind"].item(), row["severity"].item()) == ("blur", 2)
+    assert row["value"].item() == pytest.approx(0.85 - 0.22)
+    assert results[results.split == "test"]["shift_kind"].isna().all()
+
+
+def test_leaderboard_bolds_the_best_cell_direction_aware(store, tmp_path):
+    write_report(store, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    table = _table_after(md, "## toy")
+    header, rows = table[0], {r[0]: r for r in table[1:]}
+    acc, ece = header.index("accuracy ↑"), header.index("ECE ↓")
+    assert rows["map"][acc] == "**0.920 ± 0.020**"  # higher accuracy wins
+    assert rows["vi"][acc] == "0.850 ± 0.050"
+    assert rows["vi"][ece] == "**0.030 ± 0.010**"  # lower ECE wins
+    assert rows["map"][ece] == "0.120 ± 0.020"
+    params = header.index("parameters ↓")
+    assert rows["map"][params] == "**1,000**" and rows["vi"][params] == "2,000"
+    assert header[-1] == "n" and rows["map"][-1] == "3"
+    for column in ("shift accuracy ↑", "OOD AUROC (entropy) ↑", "train s ↓"):
+        assert column in header
+    assert "kl_true" not in md and "KL(true" not in md  # absent metrics get no column
+    assert "ECE: 5 equal-width bins; adaptive ECE: 5 equal-mass bins" in md
+
+    tiny = _table_after(md, "## tiny")
+    assert "shift accuracy ↑" not in tiny[0] and tiny[1][-1] == "2"
+
+    shift = _table_after(md, "**Accuracy**")
+    assert shift[0][:3] == ["method", "severity 1 ↑", "severity 2 ↑"]
+    assert {"blur ↑", "noise ↑", "mean ↑"} <= set(shift[0])
+    ood = _table_after(md, "**Scored by predictive entropy**")
+    assert {"far AUROC ↑", "near AUPR ↑", "far FPR95 ↓"} <= set(ood[0])
+    assert "**Scored by maximum probability**" in md
+
+
+def test_failed_runs_are_listed_with_their_error(store, tmp_path):
+    write_report(store, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    failed = md[md.index("## Failed runs (1)"):]
+    assert "`vi` on `toy`, seed 7" in failed
+    assert "RuntimeError: KL | term is NaN" in failed
+
+
+def test_reliability_pngs_are_valid(store, tmp_path):
+    paths = write_report(store, tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    assert names == ["leaderboard.md", "reliability_tiny.png", "reliability_toy.png",
+                     "results.csv", "summary.csv"]
+    for ds in ("toy", "tiny"):
+        png = tmp_path / "out" / f"reliability_{ds}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(png)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 200
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_quick_and_full_runs_are_never_mixed(store, tmp_path):
+    write_report(store, tmp_path / "full")
+    full = pd.read_csv(tmp_path / "full" / "results.csv")
+    assert not full["quick"].any()
+    write_report(store, tmp_path / "quick", quick=True)
+    quick = pd.read_csv(tmp_path / "quick" / "results.csv")
+    assert quick["quick"].all() and len(quick) == PER_RUN_ROWS
+    assert "quick runs" in (tmp_path / "quick" / "leaderboard.md").read_text()
+    acc = _cell(pd.read_csv(tmp_path / "quick" / "summary.csv"), "map", "test", "accuracy")
+    assert acc["mean"] == pytest.approx(0.10)
+
+
+def test_only_quick_runs_default_to_quick(tmp_path):
+    store = ResultStore(tmp_path / "q.sqlite")
+    store.write(fake_result("map", "toy", 0, 0.9, 0.1, quick=True))
+    assert aggregate_store(store)["quick"].all()
+
+
+def test_empty_or_all_failed_store_raises_store_error(tmp_path):
+    store = ResultStore(tmp_path / "empty.sqlite")
+    with pytest.raises(StoreError, match="no complete full runs .*run `bayesbench run` first"):
+        write_report(store, tmp_path / "out")
+    store.write(fake_result("vi", "toy", 0, 0.9, 0.1, status="failed",
+                            error="Traceback\nValueError: bad prior"))
+    with pytest.raises(StoreError, match="1 failed .*ValueError: bad prior"):
+        write_report(store, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(StoreError, match="no results at"):
+        write_report(tmp_path / "missing.sqlite", tmp_path / "out")
+
+
+def test_markdown_table_escapes_pipes():
+    table = markdown_table(["method", "x"], [["a|b", "1"]])
+    assert table.splitlines() == ["| method | x |", "| :--- | ---: |", "| a\\|b | 1 |"]
+
+
+def test_varying_seed_counts_are_shown_per_cell_and_ties_are_not_bold(store, tmp_path):
+    extra = fake_result("vi", "toy", 3, 0.85, 0.03, shift=False)  # vi: 4 seeds, 3 with shift
+    store.write(extra)
+    write_report(store, tmp_path / "out")
+    table = _table_after((tmp_path / "out" / "leaderboard.md").read_text(), "## toy")
+    header, rows = table[0], {r[0]: r for r in table[1:]}
+    assert header[-1] != "n"
+    assert rows["vi"][header.index("accuracy ↑")] == "0.850 ± 0.041 (n=4)"
+    assert rows["vi"][header.index("shift accuracy ↑")].endswith("(n=3)")
+    # every run has the same OOD AUROC: a tie marks nothing
+    assert rows["map"][header.index("OOD AUROC (entropy) ↑")] == "0.800 ± 0.000 (n=3)"
+
+
+def test_pooled_reliability_sums_bins_over_seeds():
+    from bayesbench.report.figures import pool_reliability
+
+    runs = [fake_result("map", "toy", s, 0.9, 0.1) for s in range(3)]
+    runs[2].reliability = {"n_bins": 3, "counts": [1, 1, 1], "confidence_sum": [0, 0, 0],
+                           "correct_sum": [0, 0, 0]}  # other binning: skipped, not mixed
+    pooled = pool_reliability(runs)
+    assert (pooled.n_runs, pooled.skipped_runs) == (2, 1)
+    assert pooled.counts.tolist() == [0, 2, 4, 6, 8]
+    # |0 - 0.3| + |1 - 1| + |2 - 2.1| + |4 - 3.6| per run = 0.8 over 10 examples
+    assert pooled.ece == pytest.approx(0.08)
+    assert math.isnan(pooled.accuracy[0]) and pooled.accuracy[4] == 1.0
