@@ -19,6 +19,11 @@ Layout (all sections but ``datasets`` and ``methods`` optional)::
       - name: mc_dropout
         label: mc_dropout            # optional; lets one method appear with several settings
         params: {samples: 16}
+      - name: mfvi
+        params: {prior: gaussian}
+        sweep:                       # optional: one entry per combination (cartesian product),
+          prior_scale: [0.1, 1.0]    # labelled 'mfvi@prior_scale=0.1+temperature=1.0' etc.,
+          temperature: [1.0, 0.1]    # grouped under 'mfvi' in reports (curves over the sweep)
 """
 
 from __future__ import annotations
@@ -60,6 +65,11 @@ class Entry:
     params: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    group: str = ""  # the entry's label before sweep expansion (= label without a sweep)
+    swept: dict[str, Any] = field(default_factory=dict)  # this member's sweep values
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.label
 
 
 @dataclass
@@ -84,6 +94,8 @@ class RunSpec:
     label: str
     method: str
     method_params: dict[str, Any]
+    group: str  # the method entry's label before sweep expansion
+    swept: dict[str, Any]  # sweep values of this member ({} outside sweeps)
     dataset_label: str
     dataset: str
     dataset_params: dict[str, Any]
@@ -247,7 +259,7 @@ def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: typ
             item = {"name": item}
         item = v.mapping(item, where)
         allowed = ["name", "label", "params"] + (["model", "training"] if section == "datasets"
-                                                 else [])
+                                                 else ["sweep"])
         v.known_keys(item, allowed, where)
         name = item.get("name")
         if not isinstance(name, str) or not name:
@@ -264,12 +276,33 @@ def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: typ
         if label in labels:
             v.fail(f"{where}.label", f"'{label}' is used twice; give each entry its own label")
         labels.add(label)
-        params = check_parameters(cls, v.mapping(item.get("params"), f"{where}.params"), v,
-                                  f"{where}.params")
+        params = v.mapping(item.get("params"), f"{where}.params")
         model = v.mapping(item.get("model"), f"{where}.model")
         training = v.mapping(item.get("training"), f"{where}.training")
-        out.append(Entry(name, label, params, model, training))
+        for swept in _sweep_members(v, item.get("sweep"), params, f"{where}.sweep"):
+            member = label + ("@" + "+".join(f"{k}={val}" for k, val in swept.items())
+                              if swept else "")
+            checked = check_parameters(cls, {**params, **swept}, v,
+                                       f"{where}.sweep" if swept else f"{where}.params")
+            out.append(Entry(name, member, checked, model, training, label, swept))
     return out
+
+
+def _sweep_members(v: _Validator, sweep: Any, params: dict, where: str) -> list[dict]:
+    """The cartesian product of a ``sweep`` mapping (parameter -> list of values)."""
+    if sweep is None:
+        return [{}]
+    sweep = v.mapping(sweep, where)
+    if not sweep:
+        v.fail(where, "empty; list parameter values to sweep, e.g. prior_scale: [0.1, 1.0]")
+    members: list[dict] = [{}]
+    for key, values in sweep.items():
+        if key in params:
+            v.fail(f"{where}.{key}", "is also set in params; set it in one place only")
+        if not isinstance(values, list) or not values:
+            v.fail(f"{where}.{key}", "expected a non-empty list of values")
+        members = [{**m, key: val} for m in members for val in values]
+    return members
 
 
 TOP_LEVEL_KEYS = ["seeds", "model", "training", "evaluation", "quick", "datasets", "methods"]
@@ -340,7 +373,8 @@ def expand(
 ) -> list[RunSpec]:
     """The grid method × dataset × seed, filtered, in a stable order (dataset, seed, method)."""
     v = _Validator(config.path)
-    method_labels = _select(v, methods, [m.label for m in config.methods], "--methods")
+    groups = sorted({m.group for m in config.methods} - {m.label for m in config.methods})
+    method_labels = _select(v, methods, [m.label for m in config.methods] + groups, "--methods")
     dataset_labels = _select(v, datasets, [d.label for d in config.datasets], "--datasets")
     if seeds and any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds: seeds must be non-negative integers, got {seeds}")
@@ -359,10 +393,11 @@ def expand(
                                                                         config.quick.mc_samples))
         for seed in seed_list:
             for m in config.methods:
-                if m.label not in method_labels:
+                if m.label not in method_labels and m.group not in method_labels:
                     continue
                 specs.append(RunSpec(
                     label=m.label, method=m.name, method_params=m.params,
+                    group=m.group, swept=m.swept,
                     dataset_label=d.label, dataset=d.name, dataset_params=d.params,
                     seed=seed, model=dataclasses.asdict(model),
                     training=dataclasses.asdict(training),
