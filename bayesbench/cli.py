@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -160,7 +161,8 @@ def run(
                 progress.remove_task(task_id)
             progress.advance(grid)
             if result.status == "failed":
-                progress.console.print(f"[red]failed[/red] {names[result.key]}: {result.error}")
+                progress.console.print(f"[red]failed[/red] {names[result.key]}: "
+                                       f"{escape(result.error or '')}", soft_wrap=True)
 
         outcome = run_grid(specs, result_store, device=dev, workers=workers, threads=threads,
                            on_event=on_event, on_result=on_result)
@@ -303,23 +305,16 @@ def score(
 
 
 def main() -> None:
-    """Console entry point: user errors print one clear line and exit 2, no traceback."""
+    """Console entry point: user errors print one clear line and exit 2, no traceback.
+
+    Typer handles usage errors (exit 2) and ``typer.Exit``; our own input errors
+    (:class:`BayesbenchError`) pass through it and are printed here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except BayesbenchError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]")
+        console.print("interrupted: finished runs are stored; rerun to resume.")
         sys.exit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise

@@ -101,11 +101,20 @@ for _name, _ref in {
     "temperature_scaling": "bayesbench.methods.temperature_scaling:TemperatureScaling",
     "mc_dropout": "bayesbench.methods.mc_dropout:MCDropout",
     "deep_ensemble": "bayesbench.methods.deep_ensemble:DeepEnsemble",
+    "laplace": "bayesbench.methods.laplace:Laplace",
+    "swag": "bayesbench.methods.swag:SWAG",
+    "sghmc": "bayesbench.methods.sghmc:SGHMC",
+    "sngp": "bayesbench.methods.sngp:SNGP",
+    "mfvi": "bayesbench.methods.mfvi:MFVI",
 }.items():
     METHODS.register(_name, _ref)
 
 # Built-in datasets: one file each under bayesbench/data/.
 for _name, _ref in {
     "digits": "bayesbench.data.digits:Digits",
+    "mnist1d": "bayesbench.data.mnist1d:MNIST1D",
+    "markov": "bayesbench.data.markov:MarkovChains",
+    "breast_cancer": "bayesbench.data.breast_cancer:BreastCancer",
+    "files": "bayesbench.data.files:FileDataset",
 }.items():
     DATASETS.register(_name, _ref)

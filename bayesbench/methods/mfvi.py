@@ -1,0 +1,182 @@
+"""Mean-field variational inference over transformer weights: Bayes by Backprop (Blundell et
+al., 2015) with the local reparameterization trick (Kingma et al., 2015).
+
+The tempered ELBO. With a prior ``p(theta)``, a mean-field Gaussian ``q(theta)`` over the
+linear layers of ``subset`` and N training examples, the method targets the tempered posterior
+``p_T(theta | D) ∝ p(D | theta)^(1/T) p(theta)`` (temperature T on the likelihood; T < 1 is a
+"cold posterior", Wenzel et al., 2020) by maximising
+
+    ELBO_T(q) = E_q[log p(D | theta)] - T * KL(q || p)
+
+and, per minibatch B, minimising its unbiased per-example estimate
+
+    loss = (1/|B|) sum_{i in B} -log p(y_i | x_i, theta~)  +  kl_weight * T * KL(q || p) / N
+
+with ``theta~`` one local-reparameterization draw per example. ``kl_weight`` multiplies the
+same term (a separate knob for KL down-weighting); ``kl_weight = T = 1`` is the plain ELBO,
+``kl_weight * T = 0`` is maximum likelihood with weight noise. KL is closed form for the
+Gaussian prior and a one-draw Monte Carlo estimate (fresh every step) for the others
+(:mod:`bayesbench.priors`).
+
+What stays deterministic: the input embedding, position embeddings, CLS token, LayerNorms and
+any linear layer outside ``subset``; they are MAP-trained with the shared AdamW weight decay as
+in ``map``. Variational parameters (mu, rho) get no weight decay: their regulariser is the KL.
+The shared optimizer, learning rate, batch size and epochs are unchanged.
+
+Prediction: S networks ``theta_s ~ q`` (each weight drawn once per network and shared by all
+inputs and tokens; dropout off), the same S networks for every split (seeded from the run
+seed), so ``predict`` is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bayesbench.methods.base import (
+    FitContext,
+    Method,
+    count_parameters,
+    predict_batched,
+    train_classifier,
+)
+from bayesbench.methods.bayesian_linear import BayesianLinear
+from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier, build_model
+from bayesbench.priors import make_prior
+from bayesbench.task import Task
+
+
+class MFVI(Method):
+    """Mean-field Gaussian posterior over the linear layers in ``subset`` (module docstring).
+
+    ``subset``: one of ``LINEAR_SUBSETS`` (all, attention, mlp, last_layer).
+    ``prior``: gaussian, laplace, student_t or gaussian_mixture, scaled by ``prior_scale``;
+    ``prior_df`` (student_t); ``prior_mixture_ratio`` = small / large scale and
+    ``prior_mixture_weight`` = probability of the large component (gaussian_mixture, whose
+    large scale is ``prior_scale``).
+    ``kl_weight``, ``temperature``: loss = NLL + kl_weight * temperature * KL / N_train.
+    ``init_sigma``: initial posterior std of every weight (means start like nn.Linear).
+    ``samples``: networks drawn at test time (S); None uses the evaluation's ``mc_samples``.
+    """
+
+    name = "mfvi"
+    description = "mean-field Gaussian VI on linear weights (Bayes by Backprop, local reparam.)"
+
+    def __init__(
+        self,
+        subset: str = "all",
+        prior: str = "gaussian",
+        prior_scale: float = 1.0,
+        prior_df: float = 3.0,
+        prior_mixture_ratio: float = 0.01,
+        prior_mixture_weight: float = 0.5,
+        kl_weight: float = 1.0,
+        temperature: float = 1.0,
+        init_sigma: float = 1e-3,
+        samples: int | None = None,
+    ) -> None:
+        if subset not in LINEAR_SUBSETS:
+            raise ValueError(f"subset {subset!r} is not one of {', '.join(LINEAR_SUBSETS)}")
+        self.prior = make_prior(prior, prior_scale, df=prior_df,
+                                mixture_ratio=prior_mixture_ratio,
+                                mixture_weight=prior_mixture_weight)
+        if not kl_weight >= 0:
+            raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not 0 < init_sigma < 1:
+            raise ValueError(f"init_sigma must be in (0, 1), e.g. 1e-3, got {init_sigma!r}")
+        if samples is not None and samples < 1:
+            raise ValueError("samples must be at least 1")
+        self.subset = subset
+        self.kl_weight = kl_weight
+        self.temperature = temperature
+        self.init_sigma = init_sigma
+        self.samples = samples
+        self.model: TransformerClassifier | None = None
+        self.ctx: FitContext | None = None
+        self.history: list[float] = []
+
+    # -- model ---------------------------------------------------------------------------
+
+    def build(self, task: Task, ctx: FitContext) -> TransformerClassifier:
+        """The encoder with :class:`BayesianLinear` layers for the roles in ``subset``."""
+        roles = set(LINEAR_SUBSETS[self.subset])
+
+        def linear(in_features: int, out_features: int, role: str) -> nn.Module:
+            if role in roles:
+                return BayesianLinear(in_features, out_features, self.prior, self.init_sigma)
+            return nn.Linear(in_features, out_features)
+
+        return build_model(task, ctx.model, linear_factory=linear)
+
+    def bayesian_layers(self) -> list[BayesianLinear]:
+        assert self.model is not None, "call fit() first"
+        return [m for m in self.model.modules() if isinstance(m, BayesianLinear)]
+
+    def kl(self) -> torch.Tensor:
+        """``KL(q || p)`` summed over every Bayesian layer."""
+        return torch.stack([layer.kl() for layer in self.bayesian_layers()]).sum()
+
+    def kl_scale(self, num_train: int) -> float:
+        """The factor of KL in the per-example loss: kl_weight * temperature / N_train."""
+        return self.kl_weight * self.temperature / num_train
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_train: int
+             ) -> torch.Tensor:
+        """Mean minibatch NLL + kl_weight * temperature * KL / N_train (module docstring)."""
+        nll = F.cross_entropy(model(x), y)
+        return nll + self.kl_scale(num_train) * self.kl()
+
+    # -- Method --------------------------------------------------------------------------
+
+    def fit(self, task: Task, ctx: FitContext) -> None:
+        torch.manual_seed(ctx.seed)
+        self.ctx = ctx
+        self.model = self.build(task, ctx)
+        variational = {id(p) for layer in self.bayesian_layers() for p in layer.parameters()}
+        params = list(self.model.parameters())
+        optimizer = torch.optim.AdamW(
+            [{"params": [p for p in params if id(p) not in variational],
+              "weight_decay": ctx.training.weight_decay},
+             {"params": [p for p in params if id(p) in variational], "weight_decay": 0.0}],
+            lr=ctx.training.lr,
+        )
+        n = len(task.train)
+        self.history = train_classifier(
+            self.model, task.train, ctx, optimizer=optimizer,
+            loss_fn=lambda model, x, y: self.loss(model, x, y, n),
+        )
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None and self.ctx is not None, "call fit() first"
+        s = self.samples or self.ctx.evaluation.mc_samples
+        layers = self.bayesian_layers()
+        device = self.ctx.device
+        gen = torch.Generator(device=device).manual_seed(self.ctx.seed)
+        self.model.eval()
+        out = []
+        try:
+            for _ in range(s):  # one network per sample, shared by every batch of x
+                for layer in layers:
+                    layer.freeze_sample(gen)
+                out.append(predict_batched(lambda xb: self.model(xb).softmax(-1)[None], x,
+                                           self.ctx.evaluation.batch_size, device))
+        finally:
+            for layer in layers:
+                layer.unfreeze()
+        return torch.cat(out, dim=0)
+
+    def num_parameters(self) -> int:
+        """Trainable parameters: (mu, rho) of every Bayesian weight and bias, plus the
+        deterministic rest."""
+        assert self.model is not None, "call fit() first"
+        return count_parameters(self.model)
+
+    def posterior_sigma(self) -> dict[str, float]:
+        """Mean and max posterior std over Bayesian weights (a fit diagnostic)."""
+        sig = torch.cat([layer.weight_sigma.detach().flatten() for layer in
+                         self.bayesian_layers()])
+        return {"mean": float(sig.mean()), "median": float(sig.median()),
+                "max": float(sig.max())}

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny tasks and configs so tests stay fast on 2 cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """The digits task cut to 256 training and 96 evaluation examples."""
+    from bayesbench.data.digits import Digits
+
+    return Digits().build(0).limited(256, 96)
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run ``python -m bayesbench ARGS`` in ``tmp_path``; returns the CompletedProcess."""
+
+    def run(*args: str, extra_path: Path | None = None, timeout: int = 300):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in [str(REPO), str(extra_path or ""), os.environ.get("PYTHONPATH", "")] if p
+        ), OMP_NUM_THREADS="1", COLUMNS="200")
+        return subprocess.run([sys.executable, "-m", "bayesbench", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bayesbench.models import LINEAR_ROLES, ModelConfig, build_model, enable_dropout
+from bayesbench.task import Split, Task
+
+
+def toy_task(kind: str) -> Task:
+    g = torch.Generator().manual_seed(0)
+    if kind == "vectors":
+        x = torch.randn(20, 5, 3, generator=g)
+    elif kind == "tokens":
+        x = torch.randint(0, 7, (20, 9), generator=g)
+    else:
+        x = torch.randn(20, 6, generator=g)
+    y = torch.arange(20) % 3
+    split = Split(x, y)
+    return Task("toy", kind, 3, split, split, split, vocab_size=7 if kind == "tokens" else None)
+
+
+def test_every_input_kind_gives_logits_and_features():
+    cfg = ModelConfig(d_model=16, depth=2, heads=2)
+    for kind in ("vectors", "tokens", "features"):
+        task = toy_task(kind)
+        model = build_model(task, cfg).eval()
+        assert model(task.train.x).shape == (20, 3)
+        assert model.features(task.train.x).shape == (20, 16)
+
+
+def test_longer_token_sequences_fit_the_position_embedding():
+    task = toy_task("tokens")
+    longer = Split(torch.randint(0, 7, (4, 15)), torch.zeros(4, dtype=torch.long))
+    task.shifted = {"length": {1: longer}}
+    model = build_model(task, ModelConfig(d_model=16, heads=2)).eval()
+    assert model(longer.x).shape == (4, 3)
+
+
+def test_linear_factory_sees_every_role_and_rows_factory_every_layer():
+    roles, layers = [], []
+
+    def linear(i, o, role):
+        roles.append(role)
+        return nn.Linear(i, o)
+
+    class UniformRows(nn.Module):
+        def forward(self, scores, keys=None):
+            return torch.full_like(scores, 1.0 / scores.shape[-1])
+
+    def rows(layer, heads):
+        layers.append((layer, heads))
+        return UniformRows()
+
+    task = toy_task("vectors")
+    model = build_model(task, ModelConfig(d_model=16, depth=3, heads=4), linear_factory=linear,
+                        rows_factory=rows).eval()
+    assert sorted(set(roles)) == sorted(LINEAR_ROLES)
+    assert roles.count("attention.qkv") == 3 and roles.count("head") == 1
+    assert layers == [(0, 4), (1, 4), (2, 4)]
+    # uniform attention makes every token see the mean of the values: output is finite
+    assert torch.isfinite(model(task.train.x)).all()
+
+
+def test_softmax_rows_lie_on_the_simplex():
+    from bayesbench.models import SoftmaxRows
+
+    rows = SoftmaxRows()(torch.randn(2, 3, 5, 5) * 10)
+    assert (rows >= 0).all() and torch.allclose(rows.sum(-1), torch.ones(2, 3, 5))
+
+
+def test_enable_dropout_samples_differ_and_eval_is_deterministic():
+    torch.manual_seed(0)
+    task = toy_task("vectors")
+    model = build_model(task, ModelConfig(d_model=16, heads=2, dropout=0.3,
+                                          attention_dropout=0.3))
+    model.eval()
+    x = task.train.x
+    assert torch.equal(model(x), model(x))
+    enable_dropout(model)
+    assert not torch.allclose(model(x), model(x))
+    assert not any(m.training for m in model.modules() if not isinstance(m, nn.Dropout))

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from bayesbench.config import expand, parse_config
+from bayesbench.errors import ConfigError
+from bayesbench.runner import resolve_device, run_grid, run_one
+from bayesbench.store import ResultStore
+
+TINY = {
+    "seeds": [0],
+    "model": {"d_model": 16, "heads": 2, "depth": 1},
+    "training": {"epochs": 1},
+    "quick": {"epochs": 1, "max_train": 128, "max_eval": 48, "mc_samples": 2},
+    "datasets": ["digits"],
+}
+
+BROKEN = textwrap.dedent('''
+    import torch
+    from bayesbench.methods.map import MAP
+
+    class Exploding(MAP):
+        name = "exploding"
+        description = "raises during fit"
+        def fit(self, task, ctx):
+            raise RuntimeError("boom")
+
+    class NaNPredictor(MAP):
+        name = "nan_predictor"
+        description = "predicts NaN"
+        def predict(self, x):
+            return torch.full((1, len(x), 8), float("nan"))
+''')
+
+
+@pytest.fixture
+def broken_methods(tmp_path, monkeypatch):
+    (tmp_path / "broken_methods.py").write_text(BROKEN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("broken_methods", None)
+
+
+def test_run_one_records_metrics_on_every_split():
+    spec = expand(parse_config({**TINY, "methods": ["map"]}), quick=True)[0]
+    result = run_one(spec, torch.device("cpu"))
+    assert result.status == "complete", result.error
+    splits = {m.split for m in result.metrics}
+    assert "test" in splits and "cost" in splits
+    assert {s for s in splits if s.startswith("shift/")} >= {
+        f"shift/gaussian_noise/{k}" for k in range(1, 6)}
+    assert "ood/held_out_classes" in splits
+    assert result.metric("cost", "num_parameters") > 0
+    assert sum(result.reliability["counts"]) == 48
+    assert result.versions["torch"] == torch.__version__
+
+
+def test_same_seed_gives_identical_metrics():
+    spec = expand(parse_config({**TINY, "methods": ["mc_dropout"]}), quick=True)[0]
+    a, b = run_one(spec, torch.device("cpu")), run_one(spec, torch.device("cpu"))
+    va = {(m.split, m.metric): m.value for m in a.metrics if m.split != "cost"}
+    vb = {(m.split, m.metric): m.value for m in b.metrics if m.split != "cost"}
+    assert va == vb
+
+
+def test_failures_are_recorded_and_the_grid_goes_on(tmp_path, broken_methods):
+    cfg = parse_config({**TINY, "methods": ["broken_methods:Exploding", "map",
+                                            "broken_methods:NaNPredictor"]})
+    store = ResultStore(tmp_path / "r.sqlite")
+    outcome = run_grid(expand(cfg, quick=True), store, device=torch.device("cpu"))
+    status = {r.label: (r.status, r.error) for r in outcome.results}
+    assert status["map"] == ("complete", None)
+    assert status["Exploding"][0] == "failed" and "RuntimeError: boom" in status["Exploding"][1]
+    assert status["NaNPredictor"][0] == "failed"
+    assert "non-finite probabilities" in status["NaNPredictor"][1]
+    assert len(store.completed_keys()) == 1
+    assert {r.label for r in store.results(status="failed")} == {"Exploding", "NaNPredictor"}
+
+
+def test_resume_skips_complete_runs_and_retries_failed_ones(tmp_path, broken_methods):
+    cfg = parse_config({**TINY, "seeds": [0, 1],
+                        "methods": ["map", "broken_methods:Exploding"]})
+    specs = expand(cfg, quick=True)
+    store = ResultStore(tmp_path / "r.sqlite")
+    first = run_grid(specs[:1], store, device=torch.device("cpu"))
+    assert [r.status for r in first.results] == ["complete"]
+    second = run_grid(specs, store, device=torch.device("cpu"))
+    assert [s.key for s in second.skipped] == [specs[0].key]
+    assert len(second.results) == 3  # the rest, including the failing one
+    third = run_grid(specs, store, device=torch.device("cpu"))
+    assert len(third.skipped) == 2 and [r.label for r in third.results] == ["Exploding"] * 2
+
+
+def test_worker_processes_give_the_same_numbers_as_serial(tmp_path):
+    cfg = parse_config({**TINY, "seeds": [0, 1], "methods": ["map"]})
+    specs = expand(cfg, quick=True)
+    serial = run_grid(specs, ResultStore(tmp_path / "a.sqlite"), device=torch.device("cpu"))
+    parallel = run_grid(specs, ResultStore(tmp_path / "b.sqlite"), device=torch.device("cpu"),
+                        workers=2)
+    def values(outcome):
+        return {r.key: [(m.split, m.metric, m.value) for m in r.metrics if m.split != "cost"]
+                for r in outcome.results}
+    assert values(serial) == values(parallel)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="choose auto, cpu, cuda or mps"):
+        resolve_device("tpu")
