@@ -44,13 +44,13 @@ SHIFT_ARGS: dict[str, str] = {
 
 SHIFT_LADDERS: dict[str, tuple[float, ...]] = {
     # sd of white noise added everywhere (training: 0.02; the clean signal's sd is about 0.15)
-    "iid_noise": (0.05, 0.08, 0.11, 0.15, 0.2),
+    "iid_noise": (0.03, 0.045, 0.06, 0.08, 0.11),
     # sd of the smoothed noise filling the background around the digit (training: 0.25)
-    "correlated_noise": (0.5, 0.75, 1.0, 1.5, 2.0),
+    "correlated_noise": (0.3, 0.35, 0.4, 0.45, 0.55),
     # width of the uniform slope of the linear trend added to the signal (training: 0.75)
     "shear": (1.5, 2.25, 3.0, 4.0, 5.0),
     # amplitude factor 1 + c (u - 1/2), u ~ U(0, 1) (training: c = 0.4)
-    "scale": (0.8, 1.0, 1.2, 1.4, 1.6),
+    "scale": (0.6, 0.8, 1.0, 1.3, 1.6),
 }
 """Shift kind -> value of its generator argument (:data:`SHIFT_ARGS`) at severities 1..5."""
 
