@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from bayesbench.errors import ConfigError, UnknownNameError
+from bayesbench.errors import BayesbenchError, ConfigError, UnknownNameError
 from bayesbench.methods.base import EvaluationConfig, TrainingConfig
 from bayesbench.models import ModelConfig
 from bayesbench.registry import DATASETS, METHODS
@@ -243,7 +243,7 @@ def check_parameters(cls: type, params: dict[str, Any], v: _Validator, where: st
     out = {k: v.typed(val, hints.get(k, Any), f"{where}.{k}") for k, val in params.items()}
     try:
         cls(**out)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, BayesbenchError) as exc:
         v.fail(where, f"{exc}")
     return out
 

@@ -256,3 +256,18 @@ def test_pooled_reliability_sums_bins_over_seeds():
     # |0 - 0.3| + |1 - 1| + |2 - 2.1| + |4 - 3.6| per run = 0.8 over 10 examples
     assert pooled.ece == pytest.approx(0.08)
     assert math.isnan(pooled.accuracy[0]) and pooled.accuracy[4] == 1.0
+
+
+def test_summary_splits_without_shifted_sets():
+    """A dataset with no shifted sets (only test and OOD) aggregates without error."""
+    import pandas as pd
+
+    from bayesbench.report.aggregate import add_summary_splits
+
+    tidy = pd.DataFrame({"key": ["a", "a"], "label": ["m", "m"], "method": ["m", "m"],
+                         "dataset": ["d", "d"], "seed": [0, 0], "quick": [False, False],
+                         "split": ["test", "ood/x"], "metric": ["accuracy", "auroc_entropy"],
+                         "value": [0.5, 0.6]})
+    out = add_summary_splits(tidy)
+    assert sorted(out["split"]) == ["ood/x", "ood_mean", "test"]
+    assert out.loc[out["split"] == "ood_mean", "value"].item() == 0.6

@@ -86,7 +86,8 @@ class BreastCancer(Dataset):
         val_fraction: float = 0.15,
         test_fraction: float = 0.25,
     ) -> None:
-        names = [str(n) for n in load_breast_cancer().feature_names]
+        data = load_breast_cancer()
+        names = [str(n) for n in data.feature_names]
         if shift_feature not in names:
             close = difflib.get_close_matches(str(shift_feature), names, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'? " if close else ""
@@ -94,7 +95,7 @@ class BreastCancer(Dataset):
                 f"breast_cancer: shift_feature={shift_feature!r} is not a feature; {hint}"
                 f"choose one of: {', '.join(names)}"
             )
-        total = len(load_breast_cancer().target)
+        total = len(data.target)
         largest = np.floor((1 - NUM_BANDS * MIN_BAND_SIZE / total) * 100) / 100
         if not 0.2 <= in_distribution_quantile <= largest:
             raise DataError(

@@ -108,8 +108,10 @@ class MarkovChains(Dataset):
     initial distribution and transition rows drawn from a symmetric Dirichlet(``concentration``)
     seeded by ``process_seed``; the class prior is uniform. The process is fixed by
     ``process_seed`` (the same for every run seed, like a real data distribution); the run seed
-    draws the samples. The default concentration 3 makes the chains overlap: the Bayes
-    classifier is right on about 89% of length-24 sequences.
+    draws the samples. The defaults (8 tokens, sequences of 8, concentration 1) make the
+    chains overlap: the Bayes classifier is right on about 94% of the sequences, and a model
+    has to learn transition statistics (logistic regression reaches 55% on token counts, 93%
+    on transition counts); the length shift reaches 32 tokens.
 
     Inputs are ``tokens``: ``x: [N, length]`` int64 ids. Every split carries ``true_probs``,
     the exact posterior ``p(class | x)`` (:meth:`MarkovChainSet.posterior`).
@@ -125,7 +127,8 @@ class MarkovChains(Dataset):
       perturbed process.
 
     OOD sets (``num_test`` sequences of ``length`` tokens each): ``unseen_chains`` (from
-    ``num_classes`` fresh chains drawn like the class chains, a class each at random) and
+    ``num_classes`` fresh chains drawn like the class chains, each sequence from one of them
+    at random) and
     ``uniform_tokens`` (i.i.d. uniform ids).
     """
 
@@ -139,8 +142,8 @@ class MarkovChains(Dataset):
         self,
         vocab_size: int = 8,
         num_classes: int = 4,
-        length: int = 24,
-        concentration: float = 3.0,
+        length: int = 8,
+        concentration: float = 1.0,
         process_seed: int = 0,
         num_train: int = 4000,
         num_val: int = 1000,
@@ -148,7 +151,7 @@ class MarkovChains(Dataset):
     ) -> None:
         minimum = {"vocab_size": 2, "num_classes": 2, "length": 2, "process_seed": 0,
                    "num_train": 1, "num_val": 1, "num_test": 1}
-        example = {"vocab_size": 8, "num_classes": 4, "length": 24, "process_seed": 0,
+        example = {"vocab_size": 8, "num_classes": 4, "length": 8, "process_seed": 0,
                    "num_train": 4000, "num_val": 1000, "num_test": 2000}
         values = {"vocab_size": vocab_size, "num_classes": num_classes, "length": length,
                   "process_seed": process_seed, "num_train": num_train, "num_val": num_val,
@@ -171,7 +174,7 @@ class MarkovChains(Dataset):
         if isinstance(concentration, bool) or not isinstance(concentration, (int, float)) \
                 or not concentration > 0:
             raise DataError(
-                f"markov: concentration={concentration!r} must be a positive number, e.g. 3.0 "
+                f"markov: concentration={concentration!r} must be a positive number, e.g. 1.0 "
                 "(smaller: easier to tell the classes apart)"
             )
         self.vocab_size = checked["vocab_size"]

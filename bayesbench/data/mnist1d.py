@@ -164,12 +164,12 @@ class MNIST1D(Dataset):
     Inputs are ``vectors``: ``x: [N, 40/p, p]`` float32, the signal cut into consecutive
     patches of ``patch_size`` samples (10 tokens of 4 by default; one sample per token learns
     badly), standardized with the training split's mean and sd (one scalar each, as mnist1d
-    itself does). ``num_samples`` signals (equal per digit, shuffled) are split into train /
-    val / test by ``val_fraction`` and ``test_fraction``.
+    itself does). ``num_samples`` signals (rounded down to equal numbers per digit, shuffled)
+    are split into train / val / test by ``val_fraction`` and ``test_fraction``.
 
     Shifted sets (as many as the test split, new draws, same templates): the generator with one
     argument turned up, :data:`SHIFT_ARGS` / :data:`SHIFT_LADDERS` at severities 1..5, each
-    kind reusing one seed for all severities. OOD sets, as many as the test split:
+    kind reusing one seed for all severities. OOD sets, about as many as the test split:
     ``random_templates`` (100 random smooth templates through the same generator) and
     ``pure_noise`` (the generator's background noise, iid noise and shear with no template).
     """

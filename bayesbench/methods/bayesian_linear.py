@@ -5,20 +5,24 @@ Posterior ``q(W, b) = prod_ij N(mu_ij, sigma_ij^2) * prod_j N(mu_j, sigma_j^2)``
 is Bayesian too, under the same prior as the weights (every parameter of the layer has a
 posterior; a deterministic bias would be a MAP parameter without a prior term).
 
-Three ways to run the layer:
+Ways to run the layer:
 
-- ``sample = True`` (training default): the local reparameterization trick (Kingma, Salimans &
-  Welling, 2015). For ``y = x W^T + b`` with independent Gaussian weights, each output is
-  Gaussian with ``E[y] = x mu_W^T + mu_b`` and ``Var[y] = x^2 (sigma_W^2)^T + sigma_b^2``, so
-  ``y = E[y] + sqrt(Var[y]) * eps``, ``eps ~ N(0, 1)`` drawn per output. This samples the
-  activations instead of the weights: cheaper and lower-variance gradients, as if every row of
-  ``x`` had its own weight draw. For token inputs ``x: [B, T, in]`` every token gets its own
-  noise: each activation's marginal is exact, but the correlation between tokens of one
-  sequence, which share one weight draw in the model, is dropped (an approximation of the
-  ELBO's expected log-likelihood, standard for LRT in sequence models).
+- ``sample = True`` with ``estimator = "local"`` (default): the local reparameterization trick
+  (Kingma, Salimans & Welling, 2015). For ``y = x W^T + b`` with independent Gaussian weights,
+  each output is Gaussian with ``E[y] = x mu_W^T + mu_b`` and
+  ``Var[y] = x^2 (sigma_W^2)^T + sigma_b^2``, so ``y = E[y] + sqrt(Var[y]) * eps``,
+  ``eps ~ N(0, 1)`` drawn per output: lower-variance gradients, as if every row of ``x`` had
+  its own weight draw. For token inputs ``x: [B, T, in]`` every token gets its own noise: each
+  activation's marginal is exact, but the correlation between tokens of one sequence, which
+  share one weight draw in the model, is dropped (a biased estimate of the ELBO's expected
+  log-likelihood, the usual price of LRT in sequence models). Costs a second matmul and
+  ``B*T*out`` normal draws per layer.
+- ``sample = True`` with ``estimator = "shared"``: Blundell et al.'s original estimator, one
+  draw ``W = mu + sigma * eps`` per forward pass shared by every example and token: unbiased
+  for sequences and cheap (one matmul, ``out*in`` draws), but noisier gradients.
 - ``sample = False``: the posterior mean, ``y = x mu_W^T + mu_b``.
-- :meth:`freeze_sample`: one explicit draw ``W = mu + sigma * eps`` used for every input and
-  token until :meth:`unfreeze`, i.e. one network from q (how predictions are made).
+- :meth:`freeze_sample`: one explicit draw used for every input and token until
+  :meth:`unfreeze`, i.e. one network from q (how predictions are made).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from bayesbench.priors import Prior
+
+ESTIMATORS = ("local", "shared")
+"""How a training forward pass samples: local reparameterization, or one shared weight draw."""
 
 
 def inverse_softplus(sigma: float) -> float:
@@ -49,8 +56,11 @@ class BayesianLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, prior: Prior,
-                 init_sigma: float = 1e-3) -> None:
+                 init_sigma: float = 1e-3, estimator: str = "local") -> None:
         super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator {estimator!r} is not one of {', '.join(ESTIMATORS)}")
+        self.estimator = estimator
         self.in_features, self.out_features = in_features, out_features
         self.prior = prior
         bound = 1.0 / math.sqrt(in_features)
@@ -74,11 +84,16 @@ class BayesianLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._frozen is not None:
             return F.linear(x, *self._frozen)
-        mean = F.linear(x, self.weight_mu, self.bias_mu)
         if not self.sample:
-            return mean
-        var = F.linear(x.square(), self.weight_sigma.square(), self.bias_sigma.square())
-        return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        if self.estimator == "shared":
+            weight = self.weight_mu + self.weight_sigma * torch.randn_like(self.weight_mu)
+            bias = self.bias_mu + self.bias_sigma * torch.randn_like(self.bias_mu)
+            return F.linear(x, weight, bias)
+        mean = F.linear(x, self.weight_mu, self.bias_mu)
+        # the tiny constant keeps sqrt's gradient finite should a sigma underflow to zero
+        var = F.linear(x.square(), self.weight_sigma.square(), self.bias_sigma.square() + 1e-16)
+        return mean + var.sqrt() * torch.randn_like(mean)
 
     def kl(self, num_samples: int = 1) -> torch.Tensor:
         """``KL(q || prior)`` summed over weights and biases (closed form for a Gaussian
@@ -102,4 +117,4 @@ class BayesianLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
-               f"prior={self.prior!r}"
+               f"prior={self.prior!r}, estimator={self.estimator}"

@@ -294,8 +294,9 @@ class Laplace(MAP):
 
     @torch.no_grad()
     def _head_weights(self) -> torch.Tensor:
+        """W̃ = [W, b] ``[C, D]``, float64 on CPU (the posterior maths runs there)."""
         head = self.model.head  # type: ignore[union-attr]
-        return torch.cat([head.weight, head.bias[:, None]], dim=1).double()  # [C, D]
+        return torch.cat([head.weight, head.bias[:, None]], dim=1).double().cpu()  # [C, D]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None and self.ctx is not None, "call fit() first"

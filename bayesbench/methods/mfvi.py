@@ -12,7 +12,8 @@ and, per minibatch B, minimising its unbiased per-example estimate
 
     loss = (1/|B|) sum_{i in B} -log p(y_i | x_i, theta~)  +  kl_weight * T * KL(q || p) / N
 
-with ``theta~`` one local-reparameterization draw per example. ``kl_weight`` multiplies the
+with ``theta~`` one local-reparameterization draw per example and token (``estimator =
+"local"``) or one weight draw per minibatch (``"shared"``). ``kl_weight`` multiplies the
 same term (a separate knob for KL down-weighting); ``kl_weight = T = 1`` is the plain ELBO,
 ``kl_weight * T = 0`` is maximum likelihood with weight noise. KL is closed form for the
 Gaussian prior and a one-draw Monte Carlo estimate (fresh every step) for the others
@@ -41,7 +42,7 @@ from bayesbench.methods.base import (
     predict_batched,
     train_classifier,
 )
-from bayesbench.methods.bayesian_linear import BayesianLinear
+from bayesbench.methods.bayesian_linear import ESTIMATORS, BayesianLinear
 from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier, build_model
 from bayesbench.priors import make_prior
 from bayesbench.task import Task
@@ -56,7 +57,13 @@ class MFVI(Method):
     ``prior_mixture_weight`` = probability of the large component (gaussian_mixture, whose
     large scale is ``prior_scale``).
     ``kl_weight``, ``temperature``: loss = NLL + kl_weight * temperature * KL / N_train.
-    ``init_sigma``: initial posterior std of every weight (means start like nn.Linear).
+    ``init_sigma``: initial posterior std of every weight (means start like nn.Linear). Adam
+    moves each rho by at most about ``lr`` per step, so within the shared budget sigma can grow
+    only about ``exp(lr * steps)``-fold (≈ 5× for digits' 840 steps at lr 2e-3): init_sigma
+    largely sets the width the posterior ends with.
+    ``estimator``: training draws, "local" (local reparameterization, per example and token)
+    or "shared" (one weight draw per minibatch, Blundell et al.); see
+    :mod:`bayesbench.methods.bayesian_linear`.
     ``samples``: networks drawn at test time (S); None uses the evaluation's ``mc_samples``.
     """
 
@@ -74,6 +81,7 @@ class MFVI(Method):
         kl_weight: float = 1.0,
         temperature: float = 1.0,
         init_sigma: float = 1e-3,
+        estimator: str = "local",
         samples: int | None = None,
     ) -> None:
         if subset not in LINEAR_SUBSETS:
@@ -87,12 +95,15 @@ class MFVI(Method):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if not 0 < init_sigma < 1:
             raise ValueError(f"init_sigma must be in (0, 1), e.g. 1e-3, got {init_sigma!r}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator {estimator!r} is not one of {', '.join(ESTIMATORS)}")
         if samples is not None and samples < 1:
             raise ValueError("samples must be at least 1")
         self.subset = subset
         self.kl_weight = kl_weight
         self.temperature = temperature
         self.init_sigma = init_sigma
+        self.estimator = estimator
         self.samples = samples
         self.model: TransformerClassifier | None = None
         self.ctx: FitContext | None = None
@@ -106,7 +117,8 @@ class MFVI(Method):
 
         def linear(in_features: int, out_features: int, role: str) -> nn.Module:
             if role in roles:
-                return BayesianLinear(in_features, out_features, self.prior, self.init_sigma)
+                return BayesianLinear(in_features, out_features, self.prior, self.init_sigma,
+                                      self.estimator)
             return nn.Linear(in_features, out_features)
 
         return build_model(task, ctx.model, linear_factory=linear)

@@ -153,12 +153,12 @@ def converge_spectral_norms(model: nn.Module, steps: int = 100) -> None:
 
 
 def random_fourier_features(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, amplitude: float = 1.0
 ) -> torch.Tensor:
-    """``phi(x) = sqrt(2/D) cos(x W^T + b)``: x ``[N, d]``, weight ``[D, d]``, bias ``[D]`` ->
+    """``phi(x) = a sqrt(2/D) cos(x W^T + b)``: x ``[N, d]``, weight ``[D, d]``, bias ``[D]`` ->
     ``[N, D]``. With ``W_ij ~ N(0, 1/l^2)`` and ``b ~ U(0, 2 pi)``,
-    ``E[phi(x)^T phi(y)] = exp(-|x - y|^2 / (2 l^2))``."""
-    return math.sqrt(2.0 / weight.shape[0]) * torch.cos(x @ weight.t() + bias)
+    ``E[phi(x)^T phi(y)] = a^2 exp(-|x - y|^2 / (2 l^2))``."""
+    return amplitude * math.sqrt(2.0 / weight.shape[0]) * torch.cos(x @ weight.t() + bias)
 
 
 def laplace_precision_weights(logits: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -198,9 +198,10 @@ class RandomFeatureGPHead(nn.Module):
     def __init__(
         self, in_features: int, num_classes: int, num_inducing: int = 1024,
         length_scale: float = 2.0, ridge_penalty: float = 1.0, normalize_input: bool = True,
-        precision_weight: str = "max_prob",
+        precision_weight: str = "max_prob", amplitude: float = 1.0,
     ) -> None:
         super().__init__()
+        self.amplitude = amplitude
         self.ridge_penalty = ridge_penalty
         self.precision_weight = precision_weight
         self.input_norm = (
@@ -218,7 +219,8 @@ class RandomFeatureGPHead(nn.Module):
 
     def random_features(self, h: torch.Tensor) -> torch.Tensor:
         """``phi(h) [B, D]``."""
-        return random_fourier_features(self.input_norm(h), self.rff_weight, self.rff_bias)
+        return random_fourier_features(self.input_norm(h), self.rff_weight, self.rff_bias,
+                                       self.amplitude)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.beta(self.random_features(h))
@@ -296,6 +298,7 @@ class SNGP(Method):
         power_iterations: int = 1,
         num_inducing: int = 1024,
         length_scale: float = 2.0,
+        amplitude: float = 1.0,
         ridge_penalty: float = 1.0,
         normalize_input: bool = True,
         precision_weight: str = "max_prob",
@@ -311,6 +314,8 @@ class SNGP(Method):
             raise ValueError("num_inducing must be at least 1")
         if not length_scale > 0:
             raise ValueError(f"length_scale must be positive, got {length_scale}")
+        if not amplitude > 0:
+            raise ValueError(f"amplitude must be positive, got {amplitude}")
         if not ridge_penalty > 0:
             raise ValueError(f"ridge_penalty must be positive, got {ridge_penalty}")
         if precision_weight not in PRECISION_WEIGHTS:
@@ -327,6 +332,7 @@ class SNGP(Method):
         self.power_iterations = power_iterations
         self.num_inducing = num_inducing
         self.length_scale = length_scale
+        self.amplitude = amplitude
         self.ridge_penalty = ridge_penalty
         self.normalize_input = normalize_input
         self.precision_weight = precision_weight
@@ -345,7 +351,7 @@ class SNGP(Method):
     def _head(self, d_model: int, num_classes: int) -> RandomFeatureGPHead:
         return RandomFeatureGPHead(
             d_model, num_classes, self.num_inducing, self.length_scale, self.ridge_penalty,
-            self.normalize_input, self.precision_weight,
+            self.normalize_input, self.precision_weight, self.amplitude,
         )
 
     @property

@@ -31,8 +31,7 @@ from collections import deque
 import torch
 from torch.func import functional_call
 
-from bayesbench.methods.base import FitContext, make_optimizer, predict_batched, \
-    train_classifier
+from bayesbench.methods.base import FitContext, make_optimizer, predict_batched, train_classifier
 from bayesbench.methods.map import MAP
 from bayesbench.models import build_model
 from bayesbench.task import Task
@@ -120,7 +119,7 @@ class SWAG(MAP):
         collect_per_epoch: int = 1,
         rank: int = 10,
         scale: float = 0.5,
-        swa_lr: float = 0.01,
+        swa_lr: float = 0.05,
         tail_optimizer: str = "sgd",
         samples: int | None = None,
     ) -> None:

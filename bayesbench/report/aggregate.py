@@ -51,8 +51,12 @@ def add_summary_splits(tidy: pd.DataFrame) -> pd.DataFrame:
     skipped in the per-run means."""
     id_cols = [c for c in tidy.columns if c not in ("split", "value")]
     parts = tidy["split"].str.extract(_SHIFT_RE)
-    shift = tidy[parts["kind"].notna()].assign(
-        kind=parts["kind"], severity=parts["severity"].astype(float)
+    is_shift = parts["kind"].notna()
+    # assign plain arrays: assigning the index-aligned columns to an empty selection would
+    # re-create the unselected rows as NaN (pandas 3)
+    shift = tidy[is_shift].assign(
+        kind=parts.loc[is_shift, "kind"].to_numpy(),
+        severity=parts.loc[is_shift, "severity"].astype(float).to_numpy(),
     )
     ood = tidy[tidy["split"].str.startswith("ood/")]
 

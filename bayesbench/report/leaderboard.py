@@ -20,6 +20,7 @@ from bayesbench.errors import StoreError
 from bayesbench.metrics import METRICS
 from bayesbench.report.aggregate import OOD_MEAN, SHIFT_MEAN, aggregate, select_runs
 from bayesbench.report.figures import reliability_png
+from bayesbench.report.sweeps import write_sweeps
 from bayesbench.results import COST_SPLIT, TEST_SPLIT, RunResult
 from bayesbench.store import ResultStore
 
@@ -260,7 +261,8 @@ def _no_runs_error(store: ResultStore, failed: Sequence[RunResult], quick: bool)
 
 def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.PathLike[str],
                  quick: bool | None = None) -> list[Path]:
-    """Write leaderboard.md, results.csv, summary.csv and reliability_<dataset>.png.
+    """Write leaderboard.md, results.csv, summary.csv, reliability_<dataset>.png and, for
+    swept method groups, sweep_<dataset>_<group>.png (:mod:`bayesbench.report.sweeps`).
 
     ``quick=None`` reports full runs when the store has any, else quick runs; quick and full
     runs are never mixed. Returns the written paths. Raises :class:`StoreError` when the store
@@ -308,6 +310,9 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
             for part in block:
                 md += [part, ""]
         md += [f"![Reliability diagrams on {dataset}]({png.name})", ""]
+    sweep_paths, sweep_md = write_sweeps(complete, out_dir)
+    written += sweep_paths
+    md += sweep_md
     md += [*(p + "\n" for p in _failed_section(failed))]
     written.insert(0, atomic_write(out_dir / "leaderboard.md", "\n".join(md).rstrip() + "\n"))
     return written
