@@ -48,12 +48,14 @@ from bayesbench.registry import DATASETS, METHODS
 
 @dataclass
 class QuickConfig:
-    """The --quick budget: the same grid, tiny data and training."""
+    """The --quick budget: every method on every dataset, tiny data and training, and only the
+    first ``seeds`` base seeds (a smoke run checks that everything runs, not seed variance)."""
 
     epochs: int = 6
     max_train: int = 512
     max_eval: int = 200
     mc_samples: int = 4
+    seeds: int = 1
 
 
 @dataclass
@@ -325,7 +327,7 @@ def parse_config(data: Any, path: str = "<config>") -> Config:
     evaluation = v.dataclass_section(EvaluationConfig, data.get("evaluation"), "evaluation")
     v.positive(evaluation, ["ece_bins", "mc_samples", "batch_size"], "evaluation")
     quick = v.dataclass_section(QuickConfig, data.get("quick"), "quick")
-    v.positive(quick, ["epochs", "max_train", "max_eval", "mc_samples"], "quick")
+    v.positive(quick, ["epochs", "max_train", "max_eval", "mc_samples", "seeds"], "quick")
     if "datasets" not in data:
         v.fail("datasets", "required: list the datasets to benchmark, e.g. '- name: digits'")
     if "methods" not in data:
@@ -378,7 +380,7 @@ def expand(
     dataset_labels = _select(v, datasets, [d.label for d in config.datasets], "--datasets")
     if seeds and any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds: seeds must be non-negative integers, got {seeds}")
-    seed_list = seeds or config.seeds
+    seed_list = seeds or (config.seeds[: config.quick.seeds] if quick else config.seeds)
     specs: list[RunSpec] = []
     for d in config.datasets:
         if d.label not in dataset_labels:

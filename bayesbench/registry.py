@@ -106,6 +106,8 @@ for _name, _ref in {
     "sghmc": "bayesbench.methods.sghmc:SGHMC",
     "sngp": "bayesbench.methods.sngp:SNGP",
     "mfvi": "bayesbench.methods.mfvi:MFVI",
+    "dirichlet_attention": "bayesbench.methods.dirichlet_attention:DirichletAttention",
+    "bam_attention": "bayesbench.methods.bam_attention:BAMAttention",
 }.items():
     METHODS.register(_name, _ref)
 

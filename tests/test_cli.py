@@ -16,7 +16,7 @@ TINY = {
     "seeds": [0, 1],
     "model": {"d_model": 16, "heads": 2, "depth": 1},
     "training": {"epochs": 2},
-    "quick": {"epochs": 2, "max_train": 160, "max_eval": 48, "mc_samples": 2},
+    "quick": {"epochs": 2, "max_train": 160, "max_eval": 48, "mc_samples": 2, "seeds": 2},
     "datasets": ["digits"],
     "methods": ["map", {"name": "mc_dropout", "params": {"samples": 2}}],
 }

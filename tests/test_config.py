@@ -41,6 +41,12 @@ def test_hash_is_stable_and_content_addressed():
     assert quick.key != a.key and quick.training["epochs"] == 6 and quick.quick is not None
 
 
+def test_quick_runs_every_method_and_dataset_on_the_first_seeds():
+    assert [s.seed for s in expand(parse(), quick=True)] == [0, 0]
+    assert [s.seed for s in expand(parse(quick={"seeds": 2}), quick=True)] == [0, 0, 1, 1]
+    assert [s.seed for s in expand(parse(), quick=True, seeds=[1])] == [1, 1]
+
+
 def test_training_seed_is_derived_from_seed_label_and_dataset():
     assert derive_seed(0, "map", "digits") == derive_seed(0, "map", "digits")
     assert derive_seed(0, "map", "digits") != derive_seed(1, "map", "digits")
