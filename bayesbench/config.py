@@ -247,7 +247,10 @@ def check_parameters(cls: type, params: dict[str, Any], v: _Validator, where: st
         cls(**out)
     except (TypeError, ValueError, BayesbenchError) as exc:
         v.fail(where, f"{exc}")
-    return out
+    # the resolved parameters include the defaults, so a changed default makes new runs
+    defaults = {n: p.default for n, p in sig.parameters.items()
+                if n in accepted and p.default is not p.empty}
+    return {**defaults, **out}
 
 
 def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: type) -> list[Entry]:

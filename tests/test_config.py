@@ -27,7 +27,7 @@ def test_grid_order_and_filters():
         ("map", 0), ("mc_dropout", 0), ("map", 1), ("mc_dropout", 1)]
     only = expand(cfg, methods=["mc_dropout"], seeds=[5])
     assert [(s.label, s.seed) for s in only] == [("mc_dropout", 5)]
-    assert only[0].method_params == {"samples": 3}
+    assert only[0].method_params == {"samples": 3, "dropout": None}  # defaults resolved
 
 
 def test_hash_is_stable_and_content_addressed():
@@ -104,6 +104,7 @@ def test_sweep_expands_cartesian_product_with_group_labels():
     specs = expand(cfg, methods=["mc_dropout"], seeds=[0])  # the group selects all members
     assert [s.method_params for s in specs] == [{"samples": 2, "dropout": 0.1},
                                                 {"samples": 2, "dropout": 0.3}]
+    assert specs[0].dataset_params["held_out_classes"] == (8, 9)  # dataset defaults too
     assert {s.group for s in specs} == {"mc_dropout"}
     assert specs[1].swept == {"dropout": 0.3}
 

@@ -15,7 +15,7 @@ from bayesbench.methods.sngp import (
     BoundedSpectralNorm,
     RandomFeatureGPHead,
     bounded_spectral_norm,
-    converge_spectral_norms,
+    exact_spectral_norms,
     mean_field_probs,
     sampled_logit_probs,
 )
@@ -54,7 +54,7 @@ def test_bound_holds_after_training_steps():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    converge_spectral_norms(layer)
+    exact_spectral_norms(layer)
     layer.eval()
     assert spectral(layer.parametrizations.weight.original) > 2.0  # the rescaling is active
     assert spectral(layer.weight) == pytest.approx(BOUND, abs=1e-3)
@@ -97,9 +97,10 @@ def test_random_features_approximate_the_rbf_kernel():
     rbf = torch.exp(-torch.cdist(x, x) ** 2 / (2 * 1.5**2))
     errors = {}
     for d in (64, 8192):
-        head = RandomFeatureGPHead(3, 2, num_inducing=d, length_scale=1.5, normalize_input=False)
+        head = RandomFeatureGPHead(3, 2, num_inducing=d, length_scale=1.5, amplitude=3.0,
+                                   normalize_input=False)
         phi = head.random_features(x)
-        errors[d] = (phi @ phi.t() - rbf).abs()
+        errors[d] = (phi @ phi.t() / 9.0 - rbf).abs()  # kernel a^2 exp(...), a = 3
     assert errors[8192].max() < 0.05
     assert errors[8192].mean() < 0.3 * errors[64].mean()  # error ~ 1/sqrt(D)
 
@@ -107,18 +108,19 @@ def test_random_features_approximate_the_rbf_kernel():
 @pytest.mark.parametrize("weighting", ["max_prob", "unit"])
 def test_laplace_precision_matches_direct_computation(weighting):
     torch.manual_seed(0)
-    head = RandomFeatureGPHead(2, 3, num_inducing=16, length_scale=1.0, ridge_penalty=0.5,
-                               normalize_input=False, precision_weight=weighting)
+    head = RandomFeatureGPHead(2, 3, num_inducing=16, length_scale=1.0, amplitude=2.0,
+                               ridge_penalty=0.5, normalize_input=False,
+                               precision_weight=weighting)
     x = torch.randn(7, 2)
     precision = head.fit_covariance([x[:3], x[3:]])  # two minibatches
     direct = 0.5 * torch.eye(16, dtype=torch.float64)
     for xn in x:
-        phi = (math.sqrt(2 / 16) * torch.cos(head.rff_weight @ xn + head.rff_bias)).double()
+        phi = (2.0 * math.sqrt(2 / 16) * torch.cos(head.rff_weight @ xn + head.rff_bias)).double()
         p = F.softmax(head.beta.weight.double() @ phi, dim=0).max()
         w = 1.0 if weighting == "unit" else p * (1 - p)
         direct += w * torch.outer(phi, phi)
-    torch.testing.assert_close(precision, direct)
-    torch.testing.assert_close(head.covariance @ direct, torch.eye(16, dtype=torch.float64))
+    torch.testing.assert_close(precision, direct, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(head.covariance @ precision, torch.eye(16, dtype=torch.float64))
     _, var = head.predictive(x[:2])
     phi = head.random_features(x[:2]).double()
     expected = (phi * torch.linalg.solve(direct, phi.t()).t()).sum(-1)
@@ -139,13 +141,17 @@ def test_mean_field_closed_form_and_against_monte_carlo():
     assert (mu.softmax(-1) - mc).abs().max() > 0.1  # ignoring the variance is much worse
 
 
-def test_variance_grows_away_from_the_data():
-    """Toy 2-D problem: two blobs; the GP head's variance far away returns to the prior 1/ridge."""
+@pytest.mark.parametrize("weighting", ["unit", "max_prob"])
+def test_variance_grows_away_from_the_data(weighting):
+    """Toy 2-D problem, two separable blobs: far away the variance is the prior a^2/ridge = 1.
+    With unit weights the training points contract it; with p(1-p) weights confidently fitted
+    points hardly count, so it stays near the prior (why "unit" is the default)."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     y = torch.arange(200) % 2
     x = torch.randn(200, 2, generator=g) * 0.5 + torch.stack([4.0 * y - 2.0, 0 * y], -1)
-    head = RandomFeatureGPHead(2, 2, num_inducing=512, length_scale=1.0, normalize_input=False)
+    head = RandomFeatureGPHead(2, 2, num_inducing=512, length_scale=1.0, amplitude=1.0,
+                               normalize_input=False, precision_weight=weighting)
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
     for _ in range(100):
         loss = F.cross_entropy(head(x), y)
@@ -157,7 +163,11 @@ def test_variance_grows_away_from_the_data():
     far = 10 * torch.stack([angle.cos(), angle.sin()], -1)
     var_train, var_far = head.predictive(x)[1], head.predictive(far)[1]
     assert var_far.min() > 0.8  # prior variance k(x, x) = 1
-    assert var_train.max() < 0.5 * var_far.min()
+    if weighting == "unit":
+        assert var_train.mean() < 0.1 * var_far.min()
+        assert var_train.max() < 0.5 * var_far.min()
+    else:
+        assert var_train.mean() > 0.8
 
 
 # --- the method ------------------------------------------------------------------------------
@@ -183,7 +193,7 @@ def test_tiny_fit_gives_probability_samples(fitted, digits):
 def test_noise_inputs_get_more_variance_than_training_inputs(fitted, digits):
     var_train = fitted.predictive(digits.train.x)[1]
     var_noise = fitted.predictive(digits.ood["uniform_noise"])[1]
-    assert var_noise.mean() > 2 * var_train.mean()
+    assert var_noise.mean() > 5 * var_train.mean()  # measured ~24x
 
 
 def test_same_seed_same_numbers(digits):

@@ -93,6 +93,13 @@ def lognormal_kl(
     )
 
 
+def log_weibull_sample(log_scale: torch.Tensor, k: float) -> torch.Tensor:
+    """``log W`` with ``W ~ Weibull(k, exp(log_scale))`` elementwise, by the inverse CDF of a
+    uniform: ``W = lambda (-log(1 - U))^(1/k)`` (reparameterized in ``log_scale``)."""
+    exponential = torch.log1p(-torch.rand_like(log_scale)).neg_()
+    return log_scale + exponential.clamp_min_(torch.finfo(log_scale.dtype).tiny).log_() / k
+
+
 class BAMRows(LatentAttentionRows):
     """Rows ``W / sum(W)`` with ``W`` Weibull or log-normal around ``softmax(scores)``."""
 
@@ -136,9 +143,7 @@ class BAMRows(LatentAttentionRows):
         if self.distribution == "weibull":
             k = self.weibull_shape
             log_scale = log_mean - math.lgamma(1 + 1 / k)
-            u = torch.rand_like(scores)
-            # inverse CDF: W = lambda (-log(1 - U))^(1/k); clamp keeps log finite at U = 0
-            log_w = log_scale + torch.log(-torch.log1p(-u)).clamp_min(-80.0) / k
+            log_w = log_weibull_sample(log_scale, k)
         else:
             mu = log_mean - self.lognormal_sigma**2 / 2
             log_w = mu + self.lognormal_sigma * torch.randn_like(scores)
