@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO
 
 TINY = {
