@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing as mp
+import os
 import platform
 import queue
 import subprocess
@@ -185,6 +186,14 @@ def _init_worker(threads: int, events: Any) -> None:
     global _events
     torch.set_num_threads(threads)
     _events = events
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:  # a killed `bayesbench run` must not leave workers behind
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
 def _run_in_worker(spec: RunSpec, device: str, versions: dict, commit: str | None) -> RunResult:
