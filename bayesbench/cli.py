@@ -85,7 +85,7 @@ def list_cmd(
                         ", ".join(f"{k} ({len(v)})" for k, v in s["shifts"].items()),
                         ", ".join(f"{k} ({n})" for k, n in s["ood"].items())]
             except Exception as exc:  # e.g. a dataset that needs parameters (files)
-                row += [f"needs parameters: {exc}"[:60], "", "", "", ""]
+                row += [escape(f"needs parameters: {exc}"[:60]), "", "", "", ""]
         t.add_row(*row)
     out.print(t)
 
@@ -94,15 +94,15 @@ def list_cmd(
         t.add_column(col, style="bold" if col == "name" else None)
     for m in METRICS.values():
         tol = f"{m.tolerance:g}" if m.gated else "not gated"
-        t.add_row(m.name, m.arrow, tol, m.description)
+        t.add_row(m.name, m.arrow, tol, escape(m.description))
     out.print(t)
 
 
 def _describe(get) -> str:
     try:
-        return str(get())
+        return escape(str(get()))
     except Exception as exc:  # a broken plugin should not break `list`
-        return f"[red]cannot load: {exc}[/red]"
+        return f"[red]cannot load: {escape(str(exc))}[/red]"
 
 
 @app.command()

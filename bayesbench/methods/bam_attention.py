@@ -43,7 +43,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bayesbench.methods.dirichlet_attention import (
     PRIORS,
@@ -162,8 +161,17 @@ class BAMRows(LatentAttentionRows):
 
 
 class BAMAttention(VariationalAttentionMethod):
-    """Bayesian Attention Modules in the chosen layers (``layers``, None = all): Weibull or
-    log-normal unnormalised weights, Gamma or log-normal prior (module docstring)."""
+    """Bayesian Attention Modules in the chosen layers: Weibull or log-normal unnormalised
+    weights, Gamma or log-normal prior (module docstring for the maths).
+
+    ``layers``: indices of the layers whose rows are random (None = all).
+    ``distribution``: ``weibull`` (shape ``weibull_shape`` = k, fixed) or ``lognormal``
+    (log-scale ``lognormal_sigma``, fixed).
+    ``prior``: ``uniform`` or ``contextual`` (prior mean from the keys).
+    ``prior_concentration``: c of the Gamma prior ``Gamma(c T m_j, c T)`` (the row prior is then
+    ``Dir(c T m)``); ``prior_sigma``: log-scale of the log-normal prior.
+    ``kl_weight``, ``samples``, ``deterministic``: as in ``dirichlet_attention``.
+    """
 
     name = "bam_attention"
     description = (
