@@ -51,9 +51,9 @@ class QuickConfig:
     """The --quick budget: every method on every dataset, tiny data and training, and only the
     first ``seeds`` base seeds (a smoke run checks that everything runs, not seed variance)."""
 
-    epochs: int = 6
-    max_train: int = 512
-    max_eval: int = 200
+    epochs: int = 4
+    max_train: int = 384
+    max_eval: int = 128
     mc_samples: int = 4
     seeds: int = 1
 
