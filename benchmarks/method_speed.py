@@ -1,0 +1,54 @@
+"""Training time of each method relative to `map`, measured in one process run.
+
+Every method trains on the same task with the same model and epochs (the harness's shared
+budget); repeats interleave the methods so slow drifts of the machine hit all of them alike.
+Prints the median seconds and the median of each repeat's ratio to that repeat's map.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/method_speed.py --dataset digits \
+        --epochs 5 --repeats 3 --methods map,mfvi,swag,sghmc,laplace,dirichlet_attention
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bayesbench.methods.base import FitContext, TrainingConfig
+from bayesbench.registry import DATASETS, METHODS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--methods", default="map,temperature_scaling,mc_dropout,mfvi,laplace,swag,"
+                    "sghmc,sngp,dirichlet_attention,bam_attention")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    names = args.methods.split(",")
+    if names[0] != "map":
+        names = ["map"] + [n for n in names if n != "map"]
+    task = DATASETS.get(args.dataset)().build(0)
+    ctx = FitContext(training=TrainingConfig(epochs=args.epochs), seed=0)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.repeats):
+        for name in names:
+            method = METHODS.get(name)()
+            t0 = time.perf_counter()
+            method.fit(task, ctx)
+            seconds[name].append(time.perf_counter() - t0)
+    print(f"{args.dataset}, {args.epochs} epochs, {len(task.train)} training examples, "
+          f"{args.repeats} repeats, 1 thread")
+    print(f"{'method':22s} {'median s':>9s} {'x map':>7s}")
+    for name in names:
+        ratios = [s / m for s, m in zip(seconds[name], seconds["map"])]
+        print(f"{name:22s} {statistics.median(seconds[name]):9.2f} "
+              f"{statistics.median(ratios):7.2f}")
+
+
+if __name__ == "__main__":
+    main()
