@@ -171,3 +171,34 @@ def test_laplace_rejects_bad_parameters():
         Laplace(link="logit")
     with pytest.raises(ValueError, match="prior_precision"):
         Laplace(prior_precision=0.0)
+
+
+def test_laplace_head_on_a_dirichlet_attention_backbone(digits_small):
+    """Attention-space VI + last-layer Laplace: the head's posterior sits on the Dirichlet
+    model's features (at the mean rows), so predictions are deterministic and differ from the
+    plain Dirichlet predictive only through the head's uncertainty."""
+    from bayesbench.methods.base import FitContext, TrainingConfig
+    from bayesbench.methods.dirichlet_attention import LatentAttentionRows
+    from bayesbench.methods.laplace import Laplace
+
+    ctx = FitContext(training=TrainingConfig(epochs=2), seed=4)
+    m = Laplace(backbone="dirichlet_attention", backbone_params={"kl_weight": 0.001})
+    m.fit(digits_small, ctx)
+    assert m.model is m.backbone.model
+    assert any(isinstance(r, LatentAttentionRows) for r in m.model.modules())
+    p = m.predict(digits_small.test.x)
+    assert p.shape == (1, len(digits_small.test), digits_small.num_classes)
+    assert torch.allclose(p.sum(-1), torch.ones(1, len(digits_small.test)), atol=1e-5)
+    assert torch.equal(p, m.predict(digits_small.test.x))  # mean rows: no sampling noise
+    assert m.ggn.prior_precision > 0
+
+
+def test_laplace_backbone_parameters_are_checked():
+    from bayesbench.methods.laplace import Laplace
+
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        Laplace(backbone="swag")
+    with pytest.raises(ValueError, match="backbone_params for dirichlet_attention"):
+        Laplace(backbone="dirichlet_attention", backbone_params={"nope": 1})
+    with pytest.raises(ValueError, match="map takes none"):
+        Laplace(backbone_params={"kl_weight": 1.0})

@@ -45,7 +45,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch.nn import functional as F
 
-from bayesbench.methods.base import FitContext, predict_batched
+from bayesbench.methods.base import FitContext, Method, predict_batched
 from bayesbench.methods.map import MAP
 from bayesbench.task import Split, Task
 
@@ -249,6 +249,20 @@ def monte_carlo_predictive(
     return (mean + torch.einsum("nab,snb->sna", chol, eps)).softmax(-1)
 
 
+BACKBONES = ("map", "dirichlet_attention", "bam_attention")
+
+
+def _attention_backbone(name: str, params: dict) -> Method:
+    from bayesbench.methods.bam_attention import BAMAttention
+    from bayesbench.methods.dirichlet_attention import DirichletAttention
+
+    cls = {"dirichlet_attention": DirichletAttention, "bam_attention": BAMAttention}[name]
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ValueError(f"backbone_params for {name}: {exc}") from None
+
+
 class Laplace(MAP):
     """MAP, then a last-layer Laplace posterior (module docstring for the maths).
 
@@ -256,6 +270,12 @@ class Laplace(MAP):
     ``link``: ``"probit"`` (S = 1) or ``"mc"`` (S = ``samples``, default the evaluation's
     ``mc_samples``). ``prior_precision``: None maximises the training evidence; a number
     fixes δ. The fit's extra cost over MAP is kept in :attr:`posterior_seconds`.
+
+    ``backbone``: the network the head sits on. ``"map"`` (default) trains a MAP network;
+    ``"dirichlet_attention"`` or ``"bam_attention"`` trains that attention-space method
+    (``backbone_params`` are its parameters) and puts the Laplace posterior on its head, with
+    the features taken at the mean attention rows, so they stay deterministic as the Laplace
+    maths assumes. This combines attention-space and last-layer weight-space inference.
     """
 
     name = "laplace"
@@ -267,8 +287,17 @@ class Laplace(MAP):
         link: str = "probit",
         samples: int | None = None,
         prior_precision: float | None = None,
+        backbone: str = "map",
+        backbone_params: dict | None = None,
     ) -> None:
         super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
+        if backbone == "map" and backbone_params:
+            raise ValueError("backbone_params needs an attention-space backbone; map takes none")
+        # an attention-space backbone is built now so that its parameters are checked now
+        self.backbone = None if backbone == "map" else _attention_backbone(
+            backbone, dict(backbone_params or {}))
         if hessian not in HESSIAN_STRUCTURES:
             raise ValueError(f"hessian must be one of {', '.join(HESSIAN_STRUCTURES)}, "
                              f"not {hessian!r}")
@@ -287,7 +316,13 @@ class Laplace(MAP):
         self.log_evidence = float("nan")
 
     def fit(self, task: Task, ctx: FitContext) -> None:
-        super().fit(task, ctx)
+        if self.backbone is None:
+            super().fit(task, ctx)
+        else:
+            self.backbone.fit(task, ctx)
+            self.ctx, self.model = ctx, self.backbone.model
+            for rows in self.backbone.rows:  # deterministic features: mean attention rows
+                rows.use_mean = True
         t0 = time.perf_counter()
         self.fit_posterior(task.train)
         self.posterior_seconds = time.perf_counter() - t0
