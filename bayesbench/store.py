@@ -271,10 +271,10 @@ class ResultStore:
 
     def metrics_frame(self) -> pd.DataFrame:
         """Tidy metric values of complete runs: key, label, method, dataset, seed, quick,
-        split, metric, value (one row per run × split × metric)."""
+        finished_at, split, metric, value (one row per run × split × metric)."""
         with self._connect() as conn:
             frame = pd.read_sql_query(
-                "SELECT r.key, r.label, r.method, r.dataset, r.seed, r.quick, "
+                "SELECT r.key, r.label, r.method, r.dataset, r.seed, r.quick, r.finished_at, "
                 "m.split, m.metric, m.value "
                 "FROM metrics m JOIN runs r ON r.key = m.key "
                 "WHERE r.status = 'complete' "

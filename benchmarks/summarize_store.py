@@ -11,6 +11,7 @@ import argparse
 
 import pandas as pd
 
+from bayesbench.report import select_runs
 from bayesbench.store import ResultStore
 
 
@@ -20,8 +21,7 @@ def main() -> None:
     ap.add_argument("--datasets", default=None)
     ap.add_argument("--metrics", default="accuracy,nll,ece,kl_true")
     args = ap.parse_args()
-    tidy = ResultStore.open_existing(args.store).metrics_frame()
-    tidy = tidy[~tidy["quick"].astype(bool)]
+    tidy, _ = select_runs(ResultStore.open_existing(args.store).metrics_frame(), quick=False)
     if args.datasets:
         tidy = tidy[tidy["dataset"].isin(args.datasets.split(","))]
     wanted = args.metrics.split(",")

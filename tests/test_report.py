@@ -226,3 +226,19 @@ def test_summary_splits_without_shifted_sets():
     out = add_summary_splits(tidy)
     assert sorted(out["split"]) == ["ood/x", "ood_mean", "test"]
     assert out.loc[out["split"] == "ood_mean", "value"].item() == 0.6
+
+
+def test_a_rerun_under_changed_settings_supersedes_the_old_run(tmp_path):
+    """Two stored runs of one (label, dataset, seed) with different config hashes: the report
+    and the gate count only the most recently finished one."""
+    from bayesbench.report import aggregate_store
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    old = fake_result("map", "toy", 0, 0.5, 0.1)
+    new = fake_result("map", "toy", 0, 0.9, 0.1)
+    new.key, new.finished_at = "map-toy-0-newconfig", "2025-01-02T00:00:00"
+    store.write(old)
+    store.write(new)
+    agg = aggregate_store(store)
+    row = agg[(agg["split"] == "test") & (agg["metric"] == "accuracy")]
+    assert row["n"].tolist() == [1] and row["mean"].tolist() == [0.9]

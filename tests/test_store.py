@@ -86,7 +86,7 @@ def test_frames(store):
     per_run = 8 + 4 * 8 + 2 * 9 + 3
     assert len(tidy) == 2 * per_run  # the failed run contributes nothing
     assert list(tidy.columns) == ["key", "label", "method", "dataset", "seed", "quick",
-                                  "split", "metric", "value"]
+                                  "finished_at", "split", "metric", "value"]
     row = tidy[(tidy.label == "map") & (tidy.split == "shift/blur/2") & (tidy.metric == "ece")]
     assert row["value"].item() == pytest.approx(0.12)
     assert sorted(tidy["quick"].unique()) == [False, True]

@@ -39,11 +39,19 @@ _SHIFT_RE = r"^shift/(?P<kind>[^/]+)/(?P<severity>\d+)$"
 def select_runs(tidy: pd.DataFrame, quick: bool | None = None) -> tuple[pd.DataFrame, bool]:
     """Keep only quick or only full runs; returns (rows, quick flag used).
 
-    ``quick=None`` picks full runs when any exist, else quick runs.
+    ``quick=None`` picks full runs when any exist, else quick runs. When the store holds
+    several runs of one (label, dataset, seed) — the same label run under changed settings,
+    each stored under its own hash — only the most recently finished one counts, so a report
+    never averages two configurations under one name.
     """
     if quick is None:
         quick = not bool((~tidy["quick"].astype(bool)).any()) if len(tidy) else False
-    return tidy[tidy["quick"].astype(bool) == bool(quick)].copy(), bool(quick)
+    tidy = tidy[tidy["quick"].astype(bool) == bool(quick)]
+    if "finished_at" in tidy.columns and len(tidy):
+        runs = tidy.drop_duplicates("key").sort_values("finished_at")
+        latest = runs.drop_duplicates(["label", "dataset", "seed"], keep="last")["key"]
+        tidy = tidy[tidy["key"].isin(set(latest))]
+    return tidy.copy(), bool(quick)
 
 
 def add_summary_splits(tidy: pd.DataFrame) -> pd.DataFrame:
