@@ -144,8 +144,8 @@ def run(
                   console=console, transient=False) as progress:
         grid = progress.add_task("grid", total=len(specs), info="")
         active: dict[str, int] = {}
-        progress.update(grid, completed=sum(1 for s in specs
-                                            if s.key in result_store.completed_keys()))
+        done = result_store.completed_keys()
+        progress.update(grid, completed=sum(1 for s in specs if s.key in done))
 
         def on_event(event: tuple) -> None:
             if event[0] == "start":

@@ -23,6 +23,14 @@ def digits_small():
     return Digits().build(0).limited(256, 96)
 
 
+@pytest.fixture(scope="session")
+def digits_tiny():
+    """The digits task cut to 256 training and 128 evaluation examples."""
+    from bayesbench.data.digits import Digits
+
+    return Digits().build(0).limited(256, 128)
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run ``python -m bayesbench ARGS`` in ``tmp_path``; returns the CompletedProcess."""

@@ -25,13 +25,6 @@ from bayesbench.models import SoftmaxRows
 from bayesbench.registry import METHODS
 
 
-@pytest.fixture(scope="module")
-def digits_tiny():
-    from bayesbench.data.digits import Digits
-
-    return Digits().build(0).limited(256, 128)
-
-
 def tiny_ctx(epochs: int = 2, mc_samples: int = 4) -> FitContext:
     return FitContext(
         training=TrainingConfig(epochs=epochs, batch_size=64),
