@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import distributions as D
+from torch.autograd.function import once_differentiable
 
 PRIOR_FAMILIES = ("gaussian", "laplace", "student_t", "gaussian_mixture")
 """Names :func:`make_prior` accepts."""
@@ -71,6 +72,15 @@ class Prior(ABC):
         Closed form where it exists, else :meth:`kl_monte_carlo` with ``num_samples`` draws.
         """
         return self.kl_monte_carlo(mu, sigma, num_samples)
+
+    def kl_log_sigma(self, mus: Sequence[torch.Tensor], log_sigmas: Sequence[torch.Tensor],
+                     num_samples: int = 1) -> torch.Tensor:
+        """``KL(q || p)`` summed over several tensors of a mean-field Gaussian ``q``, each
+        ``N(mu, exp(log_sigma)^2)`` elementwise (how :class:`BayesianLinear` stores q)."""
+        if len(mus) != len(log_sigmas):
+            raise ValueError(f"{len(mus)} means but {len(log_sigmas)} log-stds")
+        return torch.stack([self.kl(mu, log_sigma.exp(), num_samples)
+                            for mu, log_sigma in zip(mus, log_sigmas)]).sum()
 
     def kl_monte_carlo(self, mu: torch.Tensor, sigma: torch.Tensor,
                        num_samples: int = 1) -> torch.Tensor:
@@ -113,6 +123,55 @@ class GaussianPrior(Prior):
         s2 = self.scale**2
         return (math.log(self.scale) - torch.log(sigma)
                 + (sigma.square() + mu.square()) / (2 * s2) - 0.5).sum()
+
+
+    def kl_log_sigma(self, mus: Sequence[torch.Tensor], log_sigmas: Sequence[torch.Tensor],
+                     num_samples: int = 1) -> torch.Tensor:
+        """The closed form of :meth:`kl`, over all tensors at once (:class:`GaussianKL`)."""
+        if len(mus) != len(log_sigmas):
+            raise ValueError(f"{len(mus)} means but {len(log_sigmas)} log-stds")
+        return GaussianKL.apply(self.scale, len(mus), *mus, *log_sigmas)
+
+
+class GaussianKL(torch.autograd.Function):
+    """``sum log(s) - log_sigma + (exp(2 log_sigma) + mu^2) / (2 s^2) - 1/2`` over every
+    element of several (mu, log_sigma) tensor pairs, in one pass over their concatenation.
+
+    Same value and gradients as autograd through :meth:`GaussianPrior.kl` per tensor, whose
+    per-tensor chain of small operations (forward and backward, for each of a model's dozens of
+    weight and bias tensors, every step) cost MFVI about a tenth of its training time. Its
+    gradients are closed-form: ``d/dmu = mu / s^2`` (the prior acts as weight decay on the
+    means) and ``d/dlog_sigma = sigma^2 / s^2 - 1``.
+
+    ``apply(scale, n, *mus, *log_sigmas)`` with ``n`` tensors of each.
+    """
+
+    @staticmethod
+    def forward(ctx, scale: float, n: int, *tensors: torch.Tensor) -> torch.Tensor:
+        mus, log_sigmas = tensors[:n], tensors[n:]
+        mu = torch.cat([t.reshape(-1) for t in mus])
+        log_sigma = torch.cat([t.reshape(-1) for t in log_sigmas])
+        var = log_sigma.mul(2).exp_()
+        kl = ((var.sum() + mu.square().sum()) / (2 * scale**2) - log_sigma.sum()
+              + mu.numel() * (math.log(scale) - 0.5))
+        ctx.save_for_backward(mu, var)
+        ctx.scale = scale
+        ctx.shapes = [t.shape for t in mus]
+        return kl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        mu, var = ctx.saved_tensors
+        c = grad / ctx.scale**2
+        grad_mu = mu * c
+        grad_log_sigma = (var * c).sub_(grad)
+        sizes = [math.prod(shape) for shape in ctx.shapes]
+
+        def unflatten(flat: torch.Tensor) -> list[torch.Tensor]:
+            return [part.view(shape) for part, shape in zip(flat.split(sizes), ctx.shapes)]
+
+        return None, None, *unflatten(grad_mu), *unflatten(grad_log_sigma)
 
 
 class LaplacePrior(Prior):

@@ -13,7 +13,7 @@ from bayesbench.config import expand, parse_config
 from bayesbench.data.digits import Digits
 from bayesbench.errors import ConfigError
 from bayesbench.methods.base import EvaluationConfig, FitContext, TrainingConfig
-from bayesbench.methods.bayesian_linear import BayesianLinear, inverse_softplus
+from bayesbench.methods.bayesian_linear import BayesianLinear, LocalReparameterization
 from bayesbench.methods.mfvi import MFVI
 from bayesbench.models import ModelConfig
 from bayesbench.priors import make_prior
@@ -34,15 +34,48 @@ def _layer(estimator: str = "local") -> BayesianLinear:
     with torch.no_grad():
         layer.weight_mu.copy_(torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.3, -0.2]]))
         layer.bias_mu.copy_(torch.tensor([0.1, -0.4]))
-        layer.weight_rho.copy_(torch.tensor([[0.2, 0.5, 0.1], [0.3, 0.05, 0.4]]).expm1().log())
-        layer.bias_rho.fill_(inverse_softplus(0.25))
+        layer.weight_log_sigma.copy_(torch.tensor([[0.2, 0.5, 0.1], [0.3, 0.05, 0.4]]).log())
+        layer.bias_log_sigma.fill_(math.log(0.25))
     return layer
 
 
-def test_inverse_softplus_round_trips():
-    for sigma in (1e-4, 1e-3, 0.1, 2.0):
-        assert F.softplus(torch.tensor(inverse_softplus(sigma), dtype=torch.float64)).item() \
-            == pytest.approx(sigma, rel=1e-9)
+def _local_reparameterization_by_autograd(x, weight_mu, bias_mu, weight_log_sigma,
+                                          bias_log_sigma, eps):
+    """The local reparameterization formula written with plain torch ops, for autograd."""
+    var = F.linear(x.square(), (2 * weight_log_sigma).exp(), (2 * bias_log_sigma).exp())
+    return F.linear(x, weight_mu, bias_mu) + var.sqrt() * eps
+
+
+@pytest.mark.parametrize("x_shape", [(5, 3), (2, 4, 3)])
+def test_local_reparameterization_gradients_match_autograd(x_shape):
+    """The hand-written forward and backward give autograd's output and gradients for the
+    same noise (the RNG state is replayed), for matrix and token-batch inputs."""
+    layer = _layer()
+    torch.manual_seed(3)
+    x = torch.randn(x_shape, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(*x_shape[:-1], 2, dtype=torch.float64)
+    params = [layer.weight_mu, layer.bias_mu, layer.weight_log_sigma, layer.bias_log_sigma]
+    state = torch.get_rng_state()
+    out = LocalReparameterization.apply(x, *params)
+    fast = torch.autograd.grad(out, [x, *params], upstream)
+    torch.set_rng_state(state)
+    eps = torch.randn(*x_shape[:-1], 2, dtype=torch.float64)
+    ref_out = _local_reparameterization_by_autograd(x, *params, eps)
+    ref = torch.autograd.grad(ref_out, [x, *params], upstream)
+    assert torch.allclose(out, ref_out, rtol=1e-10, atol=1e-12)
+    for got, want in zip(fast, ref):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)
+    # the layer takes this path when training with the local estimator
+    torch.set_rng_state(state)
+    assert torch.equal(layer(x), out)
+
+
+def test_local_reparameterization_skips_the_input_gradient_when_not_needed():
+    layer = _layer()
+    x = torch.randn(4, 3, dtype=torch.float64)  # no requires_grad: the first layer's input
+    layer(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
 @pytest.mark.parametrize("estimator", ["local", "shared"])
@@ -165,7 +198,7 @@ def test_tiny_fit_predicts_distinct_samples_on_the_simplex(tiny_digits):
     # parameters: (mu, rho) of every Bayesian weight and bias + the deterministic rest
     bayes = sum(p.numel() for layer in m.bayesian_layers() for p in layer.parameters())
     rest = sum(p.numel() for n_, p in m.model.named_parameters()
-               if "_mu" not in n_ and "_rho" not in n_)
+               if "_mu" not in n_ and "_log_sigma" not in n_)
     assert m.num_parameters() == bayes + rest and bayes % 2 == 0
 
 
@@ -207,3 +240,14 @@ def test_sweep_members_carry_group_and_swept_values():
     assert {s.group for s in specs} == {"mfvi"}
     assert specs[1].swept == {"prior_scale": 0.1, "temperature": 0.1}
     assert specs[1].method_params["prior"] == "laplace"
+
+
+def test_dropout_is_off_unless_asked_for(tiny_digits):
+    """q's weight noise is MFVI's randomness; the shared model's dropout stays off unless
+    ``dropout=True`` (then the ELBO would be that of an MC-dropout hybrid)."""
+    def rates(model):
+        return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+    ctx = FitContext(model=ModelConfig(d_model=32, heads=2, dropout=0.3, attention_dropout=0.2))
+    assert rates(MFVI().build(tiny_digits, ctx)) == {0.0}
+    assert rates(MFVI(dropout=True).build(tiny_digits, ctx)) == {0.3, 0.2}
