@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torch.nn import functional as F
 
 from bayesbench.priors import (
     GaussianMixturePrior,
@@ -80,34 +81,35 @@ def test_gaussian_kl_closed_form_matches_monte_carlo_and_torch():
 
 
 def test_fused_gaussian_kl_matches_per_tensor_kl_in_value_and_gradient():
-    """GaussianPrior.kl_log_sigma (one closed-form pass over several tensors, hand-written
+    """GaussianPrior.kl_softplus (one closed-form pass over several tensors, hand-written
     gradient) against autograd through GaussianPrior.kl tensor by tensor."""
     g = torch.Generator().manual_seed(5)
     shapes = [(3, 4), (4,), (2, 3)]
     mus = [(torch.randn(s, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
            for s in shapes]
-    log_sigmas = [(torch.rand(s, generator=g, dtype=torch.float64) * 2 - 4).requires_grad_()
-                  for s in shapes]
+    rhos = [(torch.rand(s, generator=g, dtype=torch.float64) * 6 - 5).requires_grad_()
+            for s in shapes]  # sigma from 0.007 to 1.3
     prior = GaussianPrior(0.7)
-    fused = prior.kl_log_sigma(mus, log_sigmas)
-    per_tensor = sum(prior.kl(m, ls.exp()) for m, ls in zip(mus, log_sigmas))
+    fused = prior.kl_softplus(mus, rhos)
+    per_tensor = sum(prior.kl(m, F.softplus(r)) for m, r in zip(mus, rhos))
     assert fused.item() == pytest.approx(per_tensor.item(), rel=1e-12)
-    got = torch.autograd.grad(3.0 * fused, [*mus, *log_sigmas])
-    want = torch.autograd.grad(3.0 * per_tensor, [*mus, *log_sigmas])
+    got = torch.autograd.grad(3.0 * fused, [*mus, *rhos])
+    want = torch.autograd.grad(3.0 * per_tensor, [*mus, *rhos])
     for a, b in zip(got, want):
         assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-10, atol=1e-12)
-    # the closed-form gradients: mu / s^2 and sigma^2 / s^2 - 1
+    # the closed-form gradients: mu / s^2 and (sigma / s^2 - 1 / sigma) * sigmoid(rho)
     assert torch.allclose(got[0], 3.0 * mus[0].detach() / 0.49)
-    assert torch.allclose(got[3], 3.0 * ((2 * log_sigmas[0].detach()).exp() / 0.49 - 1))
+    sigma = F.softplus(rhos[0].detach())
+    assert torch.allclose(got[3], 3.0 * (sigma / 0.49 - 1 / sigma) * rhos[0].detach().sigmoid())
     # other priors take the per-tensor (Monte Carlo) path with the same interface
     laplace = make_prior("laplace", 1.0)
     torch.manual_seed(0)
-    a = laplace.kl_log_sigma(mus, log_sigmas)
+    a = laplace.kl_softplus(mus, rhos)
     torch.manual_seed(0)
-    b = sum(laplace.kl(m, ls.exp()) for m, ls in zip(mus, log_sigmas))
+    b = sum(laplace.kl(m, F.softplus(r)) for m, r in zip(mus, rhos))
     assert a.item() == pytest.approx(b.item(), rel=1e-12)
-    with pytest.raises(ValueError, match="2 means but 1 log-stds"):
-        prior.kl_log_sigma(mus[:2], log_sigmas[:1])
+    with pytest.raises(ValueError, match="2 means but 1 rhos"):
+        prior.kl_softplus(mus[:2], rhos[:1])
 
 
 def test_monte_carlo_kl_is_unbiased_and_differentiable():
