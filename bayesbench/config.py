@@ -69,6 +69,7 @@ class Entry:
     training: dict[str, Any] = field(default_factory=dict)
     group: str = ""  # the entry's label before sweep expansion (= label without a sweep)
     swept: dict[str, Any] = field(default_factory=dict)  # this member's sweep values
+    version: int = 1  # the class's code version (Method.version / Dataset.version)
 
     def __post_init__(self) -> None:
         self.group = self.group or self.label
@@ -90,7 +91,9 @@ class Config:
 class RunSpec:
     """One fully resolved run: (method label, dataset label, base seed) plus all settings.
 
-    ``key`` hashes everything; ``config_hash`` everything but the seed.
+    ``key`` hashes everything; ``config_hash`` everything but the seed. The code versions
+    (``Method.version``, ``Dataset.version``) enter both hashes only once a class raises its
+    version above 1, so runs stored before versions existed keep their keys.
     """
 
     label: str
@@ -106,17 +109,26 @@ class RunSpec:
     training: dict[str, Any]
     evaluation: dict[str, Any]
     quick: dict[str, Any] | None  # the QuickConfig applied, or None for a full run
+    method_version: int = 1
+    dataset_version: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def _hashed(self) -> dict[str, Any]:
+        d = self.to_dict()
+        for name in ("method_version", "dataset_version"):
+            if d[name] == 1:
+                del d[name]
+        return d
+
     @property
     def key(self) -> str:
-        return _digest(self.to_dict())[:16]
+        return _digest(self._hashed())[:16]
 
     @property
     def config_hash(self) -> str:
-        d = self.to_dict()
+        d = self._hashed()
         d.pop("seed")
         return _digest(d)[:12]
 
@@ -275,6 +287,10 @@ def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: typ
             v.fail(f"{where}.name", str(exc))
         if not (isinstance(cls, type) and issubclass(cls, base_cls)):
             v.fail(f"{where}.name", f"'{name}' is not a {base_cls.__module__}.{base_cls.__name__}")
+        version = getattr(cls, "version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            v.fail(f"{where}.name", f"{cls.__name__}.version is {version!r}; a class's code "
+                   "version must be a positive integer (1, then raised when results change)")
         label = item.get("label", name if ":" not in name else name.rsplit(":", 1)[1])
         if not isinstance(label, str) or not label or "/" in label:
             v.fail(f"{where}.label", "must be a non-empty string without '/'")
@@ -289,7 +305,7 @@ def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: typ
                               if swept else "")
             checked = check_parameters(cls, {**params, **swept}, v,
                                        f"{where}.sweep" if swept else f"{where}.params")
-            out.append(Entry(name, member, checked, model, training, label, swept))
+            out.append(Entry(name, member, checked, model, training, label, swept, version))
     return out
 
 
@@ -408,5 +424,6 @@ def expand(
                     training=dataclasses.asdict(training),
                     evaluation=dataclasses.asdict(evaluation),
                     quick=dataclasses.asdict(config.quick) if quick else None,
+                    method_version=m.version, dataset_version=d.version,
                 ))
     return specs

@@ -116,3 +116,40 @@ def test_user_class_by_import_reference():
         parse(methods=["nosuch.module:Thing"])
     with pytest.raises(ConfigError, match="is not a bayesbench.methods.base.Method"):
         parse(methods=["bayesbench.data.digits:Digits"])
+
+
+def test_code_versions_enter_keys_only_above_one(monkeypatch):
+    """Version 1 hashes exactly as before versions existed (stored runs keep their keys);
+    raising a method's or dataset's version gives new keys, so stale results are not reused."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from bayesbench.data.digits import Digits
+    from bayesbench.methods.map import MAP
+
+    base = expand(parse())[0]
+    assert (base.method_version, base.dataset_version) == (1, 1)
+    legacy = dataclasses.asdict(base)
+    del legacy["method_version"], legacy["dataset_version"]
+    digest = hashlib.sha256(json.dumps(legacy, sort_keys=True, default=str).encode())
+    assert base.key == digest.hexdigest()[:16]
+
+    monkeypatch.setattr(MAP, "version", 2)
+    bumped = expand(parse())
+    assert bumped[0].method_version == 2
+    assert bumped[0].key != base.key and bumped[0].config_hash != base.config_hash
+    assert bumped[1].key == expand(parse())[1].key  # mc_dropout is untouched
+    monkeypatch.setattr(MAP, "version", 1)
+    monkeypatch.setattr(Digits, "version", 3)
+    assert {s.dataset_version for s in expand(parse())} == {3}
+    assert expand(parse())[0].key not in {base.key, bumped[0].key}
+
+
+@pytest.mark.parametrize("version", [0, "2", 1.5, True])
+def test_a_bad_code_version_is_a_config_error(monkeypatch, version):
+    from bayesbench.methods.map import MAP
+
+    monkeypatch.setattr(MAP, "version", version)
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.name.*MAP\.version is .*positive"):
+        parse()

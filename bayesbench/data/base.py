@@ -15,10 +15,14 @@ class Dataset(ABC):
     type annotations (the config is checked against that signature), and build a
     :class:`Task` deterministically from a seed: the same seed gives the same tensors.
     Everything is generated or loaded offline.
+
+    ``version``: raise it whenever a code change alters the tensors ``build`` returns for the
+    same parameters and seed; it is part of every run's key (see :class:`Method`).
     """
 
     name: ClassVar[str]
     description: ClassVar[str]  # one line for `bayesbench list`
+    version: ClassVar[int] = 1
 
     @abstractmethod
     def build(self, seed: int) -> Task:

@@ -143,10 +143,16 @@ def count_parameters(*modules: nn.Module) -> int:
 
 
 class Method(ABC):
-    """An uncertainty method: ``fit`` on a task, then ``predict`` probability samples."""
+    """An uncertainty method: ``fit`` on a task, then ``predict`` probability samples.
+
+    ``version``: raise it (2, 3, ...) whenever a code change alters what the method computes
+    for the same parameters. It is part of every run's key, so ``bayesbench run`` trains such
+    runs again instead of reusing results stored under the old code.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]  # one line for `bayesbench list`
+    version: ClassVar[int] = 1
 
     @abstractmethod
     def fit(self, task: Task, ctx: FitContext) -> None:
