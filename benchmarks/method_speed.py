@@ -7,6 +7,9 @@ laplace also its post-hoc posterior fit as a percentage of map's training (targe
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/method_speed.py --dataset digits \
         --epochs 5 --repeats 3 --methods map,mfvi,swag,sghmc,laplace,dirichlet_attention
+
+A method may carry parameters the way sweep labels write them, e.g.
+``mfvi@dropout=true+bf16_variance=false``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,20 @@ import statistics
 import time
 
 import torch
+import yaml
 
 from bayesbench.methods.base import FitContext, TrainingConfig
 from bayesbench.registry import DATASETS, METHODS
+
+
+def make_method(label: str):
+    """``name`` or ``name@key=value+key=value`` (values parsed as YAML)."""
+    name, _, settings = label.partition("@")
+    params = {}
+    for item in filter(None, settings.split("+")):
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
+    return METHODS.get(name)(**params)
 
 
 def main() -> None:
@@ -39,18 +53,19 @@ def main() -> None:
     posterior_fit: list[float] = []  # laplace's post-hoc part, recorded by the method itself
     for _ in range(args.repeats):
         for name in names:
-            method = METHODS.get(name)()
+            method = make_method(name)
             t0 = time.perf_counter()
             method.fit(task, ctx)
             seconds[name].append(time.perf_counter() - t0)
-            if name == "laplace":
+            if name.split("@")[0] == "laplace":
                 posterior_fit.append(method.posterior_seconds)
     print(f"{args.dataset}, {args.epochs} epochs, {len(task.train)} training examples, "
           f"{args.repeats} repeats, 1 thread")
-    print(f"{'method':22s} {'median s':>9s} {'x map':>7s}")
+    width = max(22, *(len(n) for n in names))
+    print(f"{'method':{width}s} {'median s':>9s} {'x map':>7s}")
     for name in names:
         ratios = [s / m for s, m in zip(seconds[name], seconds["map"])]
-        print(f"{name:22s} {statistics.median(seconds[name]):9.2f} "
+        print(f"{name:{width}s} {statistics.median(seconds[name]):9.2f} "
               f"{statistics.median(ratios):7.2f}")
     if posterior_fit:
         share = [f / m for f, m in zip(posterior_fit, seconds["map"])]
