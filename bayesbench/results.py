@@ -9,6 +9,7 @@ RunStatus = Literal["complete", "failed"]
 
 TEST_SPLIT = "test"
 COST_SPLIT = "cost"
+FIT_SPLIT = "fit"  # a method's own diagnostics (Method.diagnostics), not scored metrics
 
 
 def shift_split(kind: str, severity: int) -> str:
@@ -34,8 +35,8 @@ def parse_split(split: str) -> tuple[str, str | None, int | None]:
 
 @dataclass
 class MetricValue:
-    split: str  # "test", "shift/<kind>/<severity>", "ood/<name>", "cost"
-    metric: str  # a name in bayesbench.metrics.METRICS
+    split: str  # "test", "shift/<kind>/<severity>", "ood/<name>", "cost", "fit"
+    metric: str  # a name in bayesbench.metrics.METRICS (any name on the "fit" split)
     value: float
 
 

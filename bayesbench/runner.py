@@ -29,6 +29,7 @@ from bayesbench.models import ModelConfig
 from bayesbench.registry import DATASETS, METHODS
 from bayesbench.results import (
     COST_SPLIT,
+    FIT_SPLIT,
     TEST_SPLIT,
     MetricValue,
     RunResult,
@@ -168,6 +169,8 @@ def run_one(
             MetricValue(COST_SPLIT, "predict_seconds_per_1000", per_1000),
             MetricValue(COST_SPLIT, "num_parameters", float(method.num_parameters())),
         ]
+        metrics += [MetricValue(FIT_SPLIT, name, float(value))
+                    for name, value in method.diagnostics().items()]
         result.metrics, result.reliability, result.status = metrics, reliability, "complete"
     except Exception as exc:  # a failing run is recorded and the grid goes on
         frames = traceback.extract_tb(exc.__traceback__)

@@ -57,6 +57,36 @@ def test_run_one_records_metrics_on_every_split():
     assert result.metric("cost", "num_parameters") > 0
     assert sum(result.reliability["counts"]) == 48
     assert result.versions["torch"] == torch.__version__
+    assert "fit" not in splits  # map reports no diagnostics
+
+
+def test_method_diagnostics_are_stored_under_the_fit_split_and_reported(tmp_path):
+    """mfvi's posterior widths and laplace's chosen prior precision go to the store (split
+    "fit") and into the report's "Fit diagnostics" tables, and the gate ignores them."""
+    from bayesbench.report import check_against_baseline, write_baseline, write_report
+
+    cfg = parse_config({**TINY, "methods": [
+        "map", {"name": "mfvi", "params": {"init_sigma": 0.01}}, "laplace"]})
+    store = ResultStore(tmp_path / "r.sqlite")
+    run_grid(expand(cfg, quick=True, seeds=[0]), store, device=torch.device("cpu"))
+    by_label = {r.label: r for r in store.results()}
+    mfvi = {m.metric: m.value for m in by_label["mfvi"].metrics if m.split == "fit"}
+    assert set(mfvi) == {"sigma_mean", "sigma_median", "sigma_max", "sigma_growth"}
+    assert 0.01 <= mfvi["sigma_mean"] <= mfvi["sigma_max"]
+    assert mfvi["sigma_growth"] == pytest.approx(mfvi["sigma_mean"] / 0.01)
+    laplace = {m.metric: m.value for m in by_label["laplace"].metrics if m.split == "fit"}
+    assert set(laplace) == {"prior_precision", "log_evidence", "posterior_seconds"}
+    assert laplace["prior_precision"] > 0 and laplace["log_evidence"] < 0
+    assert not [m for m in by_label["map"].metrics if m.split == "fit"]
+    write_report(store, tmp_path / "report")
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    section = md[md.index("### Fit diagnostics"):]
+    assert "**laplace**" in section and "**mfvi**" in section
+    assert "| method | sigma_growth | sigma_max | sigma_mean | sigma_median |" in section
+    write_baseline(store, tmp_path / "baseline.csv")
+    gate = check_against_baseline(store, tmp_path / "baseline.csv")
+    assert gate.rows and not gate.regressions and not gate.missing
+    assert all(row.split != "fit" for row in gate.rows)
 
 
 def test_same_seed_gives_identical_metrics():

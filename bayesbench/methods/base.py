@@ -166,3 +166,9 @@ class Method(ABC):
     def num_parameters(self) -> int:
         """Trainable parameters, counted over everything the method keeps (all members)."""
 
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars that describe the fit itself, not scored against labels (e.g. the
+        posterior's width); stored under the split ``fit`` and shown in the report's "Fit
+        diagnostics" table. Names are the method's own. Default: none."""
+        return {}
+

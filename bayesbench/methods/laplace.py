@@ -352,6 +352,13 @@ class Laplace(MAP):
         self.log_evidence = log_marginal_likelihood(log_lik, sq_norm, self.ggn.eigenvalues(),
                                                     delta)
 
+    def diagnostics(self) -> dict[str, float]:
+        """The prior precision used (chosen by the evidence unless fixed), the training log
+        evidence at it, and the posterior fit's seconds."""
+        assert self.ggn is not None, "call fit() first"
+        return {"prior_precision": float(self.ggn.prior_precision),
+                "log_evidence": self.log_evidence, "posterior_seconds": self.posterior_seconds}
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.ggn is not None and self.model is not None and self.ctx is not None, \
             "call fit() first"

@@ -80,6 +80,7 @@ class MFVI(Method):
 
     name = "mfvi"
     description = "mean-field Gaussian VI on linear weights (Bayes by Backprop, local reparam.)"
+    version = 2  # 2: hand-written local reparameterization and KL; fit diagnostics stored
 
     def __init__(
         self,
@@ -205,6 +206,15 @@ class MFVI(Method):
         deterministic rest."""
         assert self.model is not None, "call fit() first"
         return count_parameters(self.model)
+
+    def diagnostics(self) -> dict[str, float]:
+        """The posterior stds of the Bayesian weights (:meth:`posterior_sigma`) and their mean
+        relative to ``init_sigma``: with Adam, sigma grows at most about ``exp(lr * steps)``
+        -fold, so a growth near that bound with mean ≈ max says the width was set by the
+        optimizer's step cap, not by the data."""
+        sigma = self.posterior_sigma()
+        return {f"sigma_{k}": v for k, v in sigma.items()} | {
+            "sigma_growth": sigma["mean"] / self.init_sigma}
 
     def posterior_sigma(self) -> dict[str, float]:
         """Mean and max posterior std over Bayesian weights (a fit diagnostic)."""

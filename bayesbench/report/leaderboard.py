@@ -21,7 +21,7 @@ from bayesbench.metrics import METRICS
 from bayesbench.report.aggregate import OOD_MEAN, SHIFT_MEAN, aggregate, select_runs
 from bayesbench.report.figures import reliability_png
 from bayesbench.report.sweeps import write_sweeps
-from bayesbench.results import COST_SPLIT, TEST_SPLIT, RunResult
+from bayesbench.results import COST_SPLIT, FIT_SPLIT, TEST_SPLIT, RunResult
 from bayesbench.store import ResultStore
 
 RESULTS_COLUMNS = ["label", "method", "dataset", "seed", "split", "shift_kind", "severity",
@@ -96,7 +96,7 @@ def format_value(value: float, metric: str) -> str:
         return _MISSING
     if metric == "num_parameters" or (metric in _SECONDS and abs(value) >= 1000):
         return f"{value:,.0f}"
-    if metric in _SECONDS:
+    if metric in _SECONDS or metric not in METRICS:  # diagnostics: 3 significant digits
         return f"{value:.3g}"
     return f"{value:.3f}"
 
@@ -222,6 +222,21 @@ def _ood_tables(agg: pd.DataFrame, labels: Sequence[str]) -> list[str]:
     return out
 
 
+def _fit_tables(agg: pd.DataFrame) -> list[str]:
+    """One table per method that reports diagnostics (:meth:`Method.diagnostics`), its
+    settings as rows: the names are each method's own."""
+    fit = agg[agg["split"] == FIT_SPLIT]
+    if fit.empty:
+        return []
+    out = ["### Fit diagnostics",
+           "What each method reports about its own fit (not scored against labels)."]
+    for method in sorted(fit["method"].unique()):
+        rows = fit[fit["method"] == method]
+        cols = [(FIT_SPLIT, m, m) for m in dict.fromkeys(rows["metric"])]
+        out += [f"**{method}**", metric_table(rows, sorted(rows["label"].unique()), cols)]
+    return out
+
+
 def _failed_section(failed: Sequence[RunResult]) -> list[str]:
     if not failed:
         return []
@@ -306,7 +321,8 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
         written.append(atomic_write(png, reliability_png(dataset, by_label)))
         md += [f"## {dataset}", "", _binning_line(runs_ds), "",
                metric_table(agg_ds, labels, MAIN_COLUMNS), ""]
-        for block in (_shift_tables(agg_ds, labels), _ood_tables(agg_ds, labels)):
+        for block in (_shift_tables(agg_ds, labels), _ood_tables(agg_ds, labels),
+                      _fit_tables(agg_ds)):
             for part in block:
                 md += [part, ""]
         md += [f"![Reliability diagrams on {dataset}]({png.name})", ""]
