@@ -287,7 +287,7 @@ def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: typ
             v.fail(f"{where}.name", str(exc))
         if not (isinstance(cls, type) and issubclass(cls, base_cls)):
             v.fail(f"{where}.name", f"'{name}' is not a {base_cls.__module__}.{base_cls.__name__}")
-        version = getattr(cls, "version", 1)
+        version = cls.version
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             v.fail(f"{where}.name", f"{cls.__name__}.version is {version!r}; a class's code "
                    "version must be a positive integer (1, then raised when results change)")

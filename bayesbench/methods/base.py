@@ -9,6 +9,7 @@ the same optimizer, batch size and number of epochs.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,6 +137,14 @@ def predict_batched(
     """Apply ``sample_fn(x_batch) -> [S, B, C]`` over batches; returns ``[S, N, C]`` on CPU."""
     parts = [sample_fn(xb.to(device)).float().cpu() for xb in x.split(batch_size)]
     return torch.cat(parts, dim=1)
+
+
+def inverse_softplus(y: float) -> float:
+    """``x`` with ``softplus(x) = y`` for ``y > 0``, written ``y + log(-expm1(-y))`` so it
+    neither overflows for large ``y`` nor loses digits for small ``y``."""
+    if not y > 0:
+        raise ValueError(f"softplus takes only positive values, got {y!r}")
+    return y + math.log(-math.expm1(-y))
 
 
 def count_parameters(*modules: nn.Module) -> int:

@@ -45,6 +45,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from bayesbench.methods.base import inverse_softplus
 from bayesbench.priors import Prior
 
 ESTIMATORS = ("local", "shared")
@@ -132,13 +133,6 @@ class LocalReparameterization(torch.autograd.Function):
         grad_weight_rho = (t_low.t() @ x_sq).to(g.dtype).mul_(weight_slope)
         grad_bias_rho = t.sum(0).mul_(bias_slope)
         return grad_x, grad_weight_mu, grad_bias_mu, grad_weight_rho, grad_bias_rho, None
-
-
-def inverse_softplus(sigma: float) -> float:
-    """``rho`` with ``softplus(rho) = sigma`` (``log(expm1(sigma))``)."""
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
-    return math.log(math.expm1(sigma))
 
 
 class BayesianLinear(nn.Module):

@@ -75,6 +75,7 @@ from bayesbench.methods.base import (
     FitContext,
     Method,
     count_parameters,
+    inverse_softplus,
     predict_batched,
     train_classifier,
 )
@@ -400,11 +401,6 @@ def sample_dirichlet(alpha: torch.Tensor) -> torch.Tensor:
         return dirichlet_rows_and_kl(alpha)[0]
     log_z, _, e = marsaglia_tsang(alpha)
     return (log_z - e / alpha).softmax(-1)
-
-
-def inverse_softplus(y: float) -> float:
-    """x with softplus(x) = y > 0."""
-    return y + math.log(-math.expm1(-y))
 
 
 # --------------------------------------------------------------------------- rows modules
