@@ -35,23 +35,28 @@ def test_variance_is_clamped_at_zero_for_a_constant_parameter():
 
 
 @pytest.mark.parametrize("rank", [0, 4])
-def test_samples_have_the_swag_covariance(rank):
+def test_samples_have_the_papers_covariance(rank):
+    """Maddox et al. (2019), Algorithm 1: θ_SWA + Σ_diag^½ z₁ / √2 + D z₂ / √(2(K − 1)), i.e.
+    covariance ½ (Σ_diag + D Dᵀ / (K − 1)); the authors' code: scale = 0.5 times
+    (σ z₁ + D z₂ / √(K − 1)). SWAG-diagonal at scale 0.5 is ½ Σ_diag (the authors' code)."""
     thetas = trajectory(seed=1)
     m = SWAGMoments(5, rank=rank)
     for t in thetas:
         m.collect(torch.from_numpy(t))
-    scale = 0.5
-    cov = m.covariance(scale).numpy()
     var = thetas.var(0)
     if rank:
         dev = (thetas - np.cumsum(thetas, 0) / np.arange(1, 13)[:, None])[-rank:].T
-        expected = scale * (0.5 * np.diag(var) + dev @ dev.T / (2 * (rank - 1)))
+        paper = 0.5 * (np.diag(var) + dev @ dev.T / (rank - 1))
     else:
-        expected = scale * np.diag(var)
-    np.testing.assert_allclose(cov, expected, rtol=1e-10)
-    draws = m.sample(200_000, scale, torch.Generator().manual_seed(0)).numpy()
+        paper = 0.5 * np.diag(var)
+    np.testing.assert_allclose(m.covariance(0.5).numpy(), paper, rtol=1e-10)
+    np.testing.assert_allclose(m.covariance(1.0).numpy(), 2 * paper, rtol=1e-10)
+    draws = m.sample(400_000, 0.5, torch.Generator().manual_seed(0)).numpy()
     np.testing.assert_allclose(draws.mean(0), thetas.mean(0), atol=0.01)
-    np.testing.assert_allclose(np.cov(draws.T), expected, atol=0.02 * np.abs(expected).max())
+    empirical = np.cov(draws.T)
+    np.testing.assert_allclose(empirical, paper, atol=0.01 * np.abs(paper).max())
+    # the total variance, the quantity version 1 got wrong by a factor 2
+    assert np.trace(empirical) / np.trace(paper) == pytest.approx(1.0, abs=0.01)
 
 
 def test_collection_positions():

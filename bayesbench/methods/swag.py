@@ -12,11 +12,15 @@ Moments over the flattened parameters (float64), after n snapshots::
     D = [θ_i − θ̄_i]  over the last K ≤ rank snapshots, θ̄_i the running mean *after* adding θ_i
         (as in the authors' code), a P×K matrix
 
-Covariance ``Σ = ½ diag(σ²) + D Dᵀ / (2(K − 1))``; samples use the paper's ``scale``::
+Samples, as the authors' code writes them (``scale`` = 0.5 by default)::
 
-    θ = θ_SWA + √scale · (σ ⊙ z₁ / √2 + D z₂ / √(2(K − 1))),   z₁ ~ N(0, I_P), z₂ ~ N(0, I_K)
+    θ = θ_SWA + √scale · (σ ⊙ z₁ + D z₂ / √(K − 1)),   z₁ ~ N(0, I_P), z₂ ~ N(0, I_K)
 
-With ``rank = 0`` or fewer than 2 snapshots this is SWAG-diagonal, ``θ = θ_SWA + √scale · σ ⊙ z₁``.
+so their covariance is ``scale · (diag(σ²) + D Dᵀ / (K − 1))``; at ``scale = 0.5`` that is the
+paper's ``½ (Σ_diag + D Dᵀ / (K − 1))``, i.e. Algorithm 1's
+``θ_SWA + Σ_diag^½ z₁ / √2 + D z₂ / √(2(K − 1))``. (Version 1 applied both the 1/√2 factors
+and ``scale``: half the paper's covariance.) With ``rank = 0`` or fewer than 2 snapshots this is
+SWAG-diagonal, ``θ = θ_SWA + √scale · σ ⊙ z₁``.
 The model uses LayerNorm, not BatchNorm, so no normalisation statistics need recomputing for
 θ_SWA or the samples. ``samples`` (S) weight draws are made once at the end of ``fit`` (seeded),
 so every evaluation split sees the same S networks. ``logits`` gives the SWA mean's logits.
@@ -78,7 +82,7 @@ class SWAGMoments:
         if not self.low_rank:
             return scale * torch.diag(var)
         dev = self.deviation_matrix()
-        return scale * (0.5 * torch.diag(var) + dev @ dev.T / (2 * (dev.shape[1] - 1)))
+        return scale * (torch.diag(var) + dev @ dev.T / (dev.shape[1] - 1))
 
     def sample(self, num: int, scale: float, generator: torch.Generator) -> torch.Tensor:
         """``num`` draws ``[num, P]`` (float64)."""
@@ -89,8 +93,7 @@ class SWAGMoments:
         dev = self.deviation_matrix()
         k = dev.shape[1]
         z2 = torch.randn(num, k, generator=generator, dtype=torch.float64)
-        return self.mean + math.sqrt(scale) * (sd * z1 / math.sqrt(2)
-                                               + z2 @ dev.T / math.sqrt(2 * (k - 1)))
+        return self.mean + math.sqrt(scale) * (sd * z1 + z2 @ dev.T / math.sqrt(k - 1))
 
 
 def collection_positions(steps_per_epoch: int, per_epoch: int) -> set[int]:
@@ -111,6 +114,7 @@ class SWAG(MAP):
     """
 
     name = "swag"
+    version = 2  # 2: samples with the paper's covariance (1 had half of it)
     description = "SWA-Gaussian: diagonal + low-rank Gaussian over the tail of SGD iterates"
 
     def __init__(
