@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import multiprocessing as mp
 import os
 import platform
-import queue
+import signal
 import subprocess
+import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from bayesbench import __version__
 from bayesbench.config import Config, RunSpec
 from bayesbench.errors import BayesbenchError, ConfigError
+from bayesbench.execution.local_pool import Finished, LocalPool
 from bayesbench.methods.base import EvaluationConfig, FitContext, Method, TrainingConfig
 from bayesbench.metrics.calibration import reliability_statistics
 from bayesbench.metrics.suite import evaluate_ood, evaluate_split
@@ -36,11 +38,14 @@ from bayesbench.results import (
     ood_split,
     shift_split,
 )
-from bayesbench.store import ResultStore
+from bayesbench.store import CLAIM_LEASE_S, ClaimOwner, ResultStore
 from bayesbench.task import Task
 
 Event = tuple[Any, ...]
-"""Progress events: ("start", key) | ("epoch", key, phase, epoch, total, loss)."""
+"""Progress events: ("start", key) | ("epoch", key, phase, epoch, total, loss) |
+("evaluate", key) | ("held", key, holder) (another process trains it; waiting) |
+("skipped", key) (another process stored it) | ("kept", key, error) (a failure not written
+over the complete result stored for it)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,8 +158,10 @@ def run_one(
     on_epoch: Callable[[str, int, int, float], None] | None = None,
     versions: dict[str, str] | None = None,
     commit: str | None = None,
+    on_evaluate: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Build the task, fit the method, evaluate; a failure becomes a failed RunResult."""
+    """Build the task, fit the method, evaluate; a failure becomes a failed RunResult.
+    ``on_epoch(phase, epoch, total, loss)`` reports training, ``on_evaluate()`` its end."""
     result = _failed_result(spec, device, versions or package_versions(), commit)
     try:
         task = build_task(spec)
@@ -163,6 +170,8 @@ def run_one(
         t0 = time.perf_counter()
         method.fit(task, ctx)
         train_seconds = time.perf_counter() - t0
+        if on_evaluate is not None:
+            on_evaluate()
         metrics, reliability, per_1000 = evaluate_method(method, task, ctx.evaluation)
         metrics += [
             MetricValue(COST_SPLIT, "train_seconds", train_seconds),
@@ -182,38 +191,18 @@ def run_one(
 
 # --------------------------------------------------------------------------- the grid
 
-_events: Any = None  # the worker's event queue, set by _init_worker
-
-
-def _init_worker(threads: int, events: Any) -> None:
-    global _events
-    torch.set_num_threads(threads)
-    _events = events
-    parent = os.getppid()
-
-    def exit_with_parent() -> None:  # a killed `bayesbench run` must not leave workers behind
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=exit_with_parent, daemon=True).start()
-
-
-def _run_in_worker(spec: RunSpec, device: str, versions: dict, commit: str | None) -> RunResult:
-    key = spec.key
-    _events.put(("start", key))
-    return run_one(
-        spec, torch.device(device),
-        on_epoch=lambda phase, e, n, loss: _events.put(("epoch", key, phase, e, n, loss)),
-        versions=versions, commit=commit,
-    )
-
 
 @dataclass
 class GridOutcome:
+    """What ``run_grid`` did: ``results`` (each written to the store, in the order they ended),
+    ``skipped`` (complete in the store already, or completed meanwhile by another process),
+    ``interrupted`` (Ctrl-C / SIGTERM) and ``stopped`` (runs in flight then: not stored)."""
+
     results: list[RunResult]
     skipped: list[RunSpec]
     interrupted: bool = False
+    stopped: list[RunSpec] = field(default_factory=list)
+    kept_complete: list[RunResult] = field(default_factory=list)
 
     @property
     def failed(self) -> list[RunResult]:
@@ -233,6 +222,83 @@ def check_inputs(config: Config, specs: Iterable[RunSpec]) -> None:
             raise type(exc)(f"{config.path}: datasets '{spec.dataset_label}': {exc}") from None
 
 
+class _InProcess:
+    """The serial executor: runs one spec at a time in this process (``poll`` runs it)."""
+
+    def __init__(self, device: torch.device, versions: dict, commit: str | None,
+                 emit: Callable[[Event], None]) -> None:
+        self.device, self.versions, self.commit, self.emit = device, versions, commit, emit
+        self.spec: RunSpec | None = None
+        self.in_run = False
+
+    @property
+    def free(self) -> int:
+        return 0 if self.spec is not None else 1
+
+    @property
+    def running(self) -> list[RunSpec]:
+        return [self.spec] if self.spec is not None else []
+
+    def submit(self, spec: RunSpec) -> None:
+        self.spec = spec
+
+    def poll(self, timeout: float) -> list[Finished]:
+        if self.spec is None:
+            return []
+        spec, key = self.spec, self.spec.key
+        self.emit(("start", key))
+        self.in_run = True
+        try:
+            result = run_one(
+                spec, self.device,
+                on_epoch=lambda p, e, n, loss: self.emit(("epoch", key, p, e, n, loss)),
+                on_evaluate=lambda: self.emit(("evaluate", key)),
+                versions=self.versions, commit=self.commit,
+            )
+        finally:
+            self.in_run = False
+        self.spec = None
+        return [Finished(spec, result=result)]
+
+    def close(self) -> None:
+        pass
+
+    kill = close
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM while the grid runs: the first stops the grid (no new run starts; in
+    the serial executor it interrupts the run in flight), a second aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self, executor: Any) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+
+        def handle(signum: int, frame: Any) -> None:
+            if self.requested:  # the second one: abort now, without a traceback
+                executor.kill()
+                if sys.stderr.isatty():
+                    sys.stderr.write("\x1b[?25h")  # the progress display hid the cursor
+                sys.stderr.write("\naborted: runs already stored are kept\n")
+                sys.stderr.flush()
+                os._exit(130)
+            self.requested = True
+            if getattr(executor, "in_run", False):
+                raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
 def run_grid(
     specs: list[RunSpec],
     store: ResultStore,
@@ -242,84 +308,121 @@ def run_grid(
     threads: int | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
+    lease_s: float = CLAIM_LEASE_S,
+    wait_s: float = 2.0,
 ) -> GridOutcome:
     """Run every spec not already complete in ``store``, writing each result as it ends.
 
-    ``workers`` > 1 runs specs in spawned processes. Each worker (or the serial loop) uses
-    ``threads`` torch threads, default 1: these models are small, and on 2 cores two 1-thread
-    workers gave 1.5x the throughput of one 2-thread process. Ctrl-C stops the grid; what was
-    written stays.
+    ``workers`` > 1 runs specs in spawned processes (:class:`LocalPool`; CPU only), one run per
+    worker at a time. Each worker (or the serial loop) uses ``threads`` torch threads, default
+    1: these models are small, and on 2 cores two 1-thread workers gave 1.5x the throughput of
+    one 2-thread process.
+
+    Each run is claimed in the store right before it starts, so several ``run`` processes on
+    one store share the grid and never train a run twice; runs another live process holds are
+    waited for (checked every ``wait_s`` s) and taken over if that process dies. A worker that
+    dies fails only its own run. Ctrl-C or SIGTERM stops the grid within about a second: no
+    new run starts, every finished run is stored, runs in flight are dropped (and rerun by the
+    next ``run``); a second Ctrl-C aborts at once.
     """
     done = store.completed_keys()
     todo = [s for s in specs if s.key not in done]
     outcome = GridOutcome([], [s for s in specs if s.key in done])
+    if not todo:
+        return outcome
     threads = threads or 1
     versions, commit = package_versions(), git_commit()
-
-    def finish(result: RunResult) -> None:
-        store.write(result)
-        outcome.results.append(result)
-        if on_result:
-            on_result(result)
-
     emit = on_event or (lambda event: None)
-    if workers <= 1 or len(todo) <= 1 or device.type != "cpu":
-        previous = torch.get_num_threads()
+    owner = ClaimOwner.this_process()
+
+    def finish(fin: Finished) -> None:
+        result = fin.result
+        if result is None:  # the worker process died
+            result = _failed_result(fin.spec, device, versions, commit)
+            result.error = (f"the worker process running it died ({fin.died}): out of memory, "
+                            "or killed from outside")
+            result.finished_at = _now()
+        if store.write(result):
+            outcome.results.append(result)
+            if on_result:
+                on_result(result)
+        else:  # a failure that would have replaced a complete result: not written
+            outcome.kept_complete.append(result)
+            outcome.skipped.append(fin.spec)
+            emit(("kept", result.key, result.error))
+
+    pooled = workers > 1 and len(todo) > 1 and device.type == "cpu"
+    previous_threads = torch.get_num_threads()
+    if pooled:
+        executor: Any = LocalPool(min(workers, len(todo)), threads=threads, device=device.type,
+                                  versions=versions, commit=commit, on_event=emit)
+    else:
         torch.set_num_threads(threads)
-        try:
-            for spec in todo:
-                emit(("start", spec.key))
-                finish(run_one(
-                    spec, device,
-                    on_epoch=lambda p, e, n, loss, k=spec.key: emit(("epoch", k, p, e, n, loss)),
-                    versions=versions, commit=commit,
-                ))
-        except KeyboardInterrupt:
-            outcome.interrupted = True
-        finally:
-            torch.set_num_threads(previous)
-        return outcome
+        executor = _InProcess(device, versions, commit, emit)
+    stop = _StopRequest()
+    heartbeat_stop = threading.Event()
 
-    ctx = mp.get_context("spawn")  # fork is unsafe once torch has started its thread pools
-    events = ctx.Queue()
-    stop = threading.Event()
+    def heartbeat() -> None:
+        while not heartbeat_stop.wait(lease_s / 6):
+            with contextlib.suppress(BayesbenchError):
+                store.renew_claims(owner)
 
-    def pump() -> None:
-        while not stop.is_set():
-            try:
-                emit(events.get(timeout=0.1))
-            except queue.Empty:
-                continue
-            except (EOFError, OSError):
-                return
-
-    pumper = threading.Thread(target=pump, daemon=True)
-    pumper.start()
-    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx,
-                               initializer=_init_worker, initargs=(threads, events))
-    pending: dict[Future, RunSpec] = {}
+    beat = threading.Thread(target=heartbeat, daemon=True, name="claims-heartbeat")
+    beat.start()
+    pending = deque(todo)
+    held: dict[str, str] = {}  # key -> holder, runs another live process is training
     try:
-        pending = {pool.submit(_run_in_worker, s, device.type, versions, commit): s for s in todo}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                spec = pending.pop(fut)
-                try:
-                    finish(fut.result())
-                except Exception as exc:  # the worker process itself died
-                    result = _failed_result(spec, device, versions, commit)
-                    result.error = f"worker process failed: {type(exc).__name__}: {exc}"
-                    result.finished_at = _now()
-                    finish(result)
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-        for fut in pending:
-            fut.cancel()
+        with stop.installed(executor):
+            while not stop.requested:
+                while executor.free and pending and not stop.requested:
+                    spec = pending.popleft()
+                    claim = store.claim(spec.key, owner, lease_s)
+                    if claim.status == "complete":  # another process stored it meanwhile
+                        held.pop(spec.key, None)
+                        outcome.skipped.append(spec)
+                        emit(("skipped", spec.key))
+                    elif claim.status == "held":
+                        if spec.key not in held:
+                            emit(("held", spec.key, claim.holder))
+                        held[spec.key] = claim.holder
+                    else:
+                        held.pop(spec.key, None)
+                        executor.submit(spec)
+                if not executor.running:
+                    if not held:
+                        break
+                    if not pending:  # only others' runs are left: look again shortly
+                        _sleep_unless(stop, wait_s)
+                        pending.extend(s for s in todo if s.key in held)
+                    continue
+                for fin in executor.poll(timeout=0.25):
+                    finish(fin)
+    except KeyboardInterrupt:  # the serial executor's run was interrupted
+        stop.requested = True
     finally:
-        pool.shutdown(wait=not outcome.interrupted, cancel_futures=True)
-        stop.set()
-        pumper.join(timeout=1)
+        if stop.requested:
+            outcome.interrupted = True
+            with contextlib.suppress(Exception):
+                for fin in executor.poll(timeout=0.0) if pooled else []:
+                    if fin.result is not None:  # results that had already arrived
+                        finish(fin)
+            outcome.stopped = list(executor.running)
+            executor.kill()
+        else:
+            executor.close()
+        heartbeat_stop.set()
+        beat.join(timeout=5)
+        with contextlib.suppress(BayesbenchError):
+            store.release_claims(owner)
+        if not pooled:
+            torch.set_num_threads(previous_threads)
     return outcome
+
+
+def _sleep_unless(stop: _StopRequest, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _failed_result(spec: RunSpec, device: torch.device, versions: dict,

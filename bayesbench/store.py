@@ -6,13 +6,21 @@ Tables
     Marks the file as a bayesbench store and records the schema version.
 ``runs``
     One row per run, keyed by :attr:`RunResult.key` (the RunSpec hash). Writing a key again
-    replaces the row, so rerunning a failed run overwrites its failure.
+    replaces the row (a rerun of a failed run overwrites its failure), except that a failed
+    result never replaces a complete one: a finished result is never lost.
 ``metrics(key, split, metric, value)``
     Tidy metric values, for queries and for :meth:`ResultStore.metrics_frame`.
+``claims(key, owner, host, pid, claimed_at, heartbeat)``
+    Runs in flight. A ``bayesbench run`` claims a run (:meth:`ResultStore.claim`, one
+    ``BEGIN IMMEDIATE`` transaction) before it trains it, renews its claims' heartbeat while it
+    works (:meth:`ResultStore.renew_claims`) and drops the claim when it writes the result, so
+    two processes on one store never train the same run twice. A claim is lost when its
+    heartbeat is older than the lease, or at once when its owner ran on this host and its
+    process is gone (killed, crashed): the next process takes the run over.
 
 Each :meth:`ResultStore.write` is one transaction committed at once, so a crash loses at most
 the run in flight. WAL journaling plus a busy timeout lets readers (``report``) look at the
-file while a benchmark is still writing to it. Only the main process writes.
+file while a benchmark is still writing to it. Only the driver process writes (never a worker).
 """
 
 from __future__ import annotations
@@ -21,10 +29,14 @@ import contextlib
 import json
 import math
 import os
+import socket
 import sqlite3
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -34,6 +46,8 @@ from bayesbench.results import MetricValue, RunResult
 SCHEMA_VERSION = 1
 _APP_NAME = "bayesbench"
 _BUSY_TIMEOUT_S = 30.0
+CLAIM_LEASE_S = 120.0
+"""A claim whose heartbeat is older than this is lost (its owner is taken for dead)."""
 
 # Scalar columns of ``runs``, in RunResult field order; JSON columns follow.
 _RUN_COLUMNS = [
@@ -41,6 +55,16 @@ _RUN_COLUMNS = [
     "device", "git_commit", "started_at", "finished_at",
 ]
 _JSON_COLUMNS = ["spec", "versions", "reliability"]
+
+_CLAIMS_SQL = """
+CREATE TABLE IF NOT EXISTS claims (
+    key        TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    claimed_at REAL NOT NULL,
+    heartbeat  REAL NOT NULL
+);"""
 
 _SCHEMA_SQL = f"""
 BEGIN;
@@ -74,10 +98,52 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (key, split, metric)
 );
 CREATE INDEX IF NOT EXISTS metrics_by_metric ON metrics(metric, split);
+{_CLAIMS_SQL}
 INSERT OR IGNORE INTO bayesbench_schema (name, value)
     VALUES ('app', '{_APP_NAME}'), ('schema_version', '{SCHEMA_VERSION}');
 COMMIT;
 """
+
+
+@dataclass(frozen=True)
+class ClaimOwner:
+    """Who holds a claim: this host and process, plus a nonce (pids get reused)."""
+
+    host: str
+    pid: int
+    token: str
+
+    @classmethod
+    def this_process(cls) -> ClaimOwner:
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12])
+
+    @property
+    def id(self) -> str:
+        return f"{self.host}:{self.pid}:{self.token}"
+
+
+ClaimStatus = Literal["claimed", "complete", "held"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of :meth:`ResultStore.claim`: ``claimed`` (train it), ``complete`` (stored
+    meanwhile, skip it) or ``held`` (another live process trains it; ``holder`` says which)."""
+
+    status: ClaimStatus
+    holder: str = ""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except OSError:
+        return True
+    return True
 
 
 def _to_json(obj: Any) -> str:
@@ -127,14 +193,28 @@ class ResultStore:
     # -- connection and schema -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection that commits on success, rolls back on error and always closes."""
+    def _connect(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection that commits on success, rolls back on error and always closes.
+
+        ``immediate``: take the write lock when the transaction starts, so that what it reads
+        cannot change before it writes (a read-then-write in a deferred transaction can fail
+        with SQLITE_BUSY under WAL instead of waiting for the busy timeout)."""
         try:
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open results store {self.path}: {exc}") from None
         try:
             conn.execute("PRAGMA foreign_keys = ON")
+            if immediate:
+                conn.isolation_level = None  # we issue BEGIN/COMMIT ourselves
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return
             with conn:  # transaction: commit or roll back
                 yield conn
         except sqlite3.OperationalError as exc:
@@ -177,6 +257,8 @@ class ResultStore:
                         f"this bayesbench understands ({SCHEMA_VERSION}): upgrade bayesbench "
                         "or choose another store path"
                     )
+                if "claims" not in tables:  # a store written before claims existed
+                    conn.execute(_CLAIMS_SQL)
         # WAL lets report/check read while a run writes; outside the transaction by necessity.
         with contextlib.suppress(StoreError):
             with self._connect() as conn:
@@ -184,8 +266,10 @@ class ResultStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write(self, result: RunResult) -> None:
-        """Insert or replace the run ``result.key`` and its metrics, in one transaction."""
+    def write(self, result: RunResult) -> bool:
+        """Insert or replace the run ``result.key`` and its metrics, and drop its claim, in one
+        transaction. A failed result does not replace a stored complete one: then nothing is
+        written (the claim is still dropped) and the answer is False; otherwise True."""
         seen: set[tuple[str, str]] = set()
         for m in result.metrics:
             if (m.split, m.metric) in seen:
@@ -197,7 +281,13 @@ class ResultStore:
         row[_RUN_COLUMNS.index("quick")] = int(bool(result.quick))
         row += [_to_json(result.spec), _to_json(result.versions), _to_json(result.reliability)]
         columns = _RUN_COLUMNS + _JSON_COLUMNS
-        with self._connect() as conn:
+        with self._connect(immediate=True) as conn:
+            conn.execute("DELETE FROM claims WHERE key = ?", (result.key,))
+            if result.status != "complete":
+                stored = conn.execute("SELECT status FROM runs WHERE key = ?",
+                                      (result.key,)).fetchone()
+                if stored is not None and stored[0] == "complete":
+                    return False
             conn.execute("DELETE FROM metrics WHERE key = ?", (result.key,))
             conn.execute("DELETE FROM runs WHERE key = ?", (result.key,))
             conn.execute(
@@ -209,6 +299,49 @@ class ResultStore:
                 "INSERT INTO metrics (key, split, metric, value) VALUES (?, ?, ?, ?)",
                 [(result.key, m.split, m.metric, float(m.value)) for m in result.metrics],
             )
+        return True
+
+    # -- claims on runs in flight ---------------------------------------------------------------
+
+    def claim(self, key: str, owner: ClaimOwner, lease_s: float = CLAIM_LEASE_S) -> Claim:
+        """Atomically claim run ``key`` for ``owner`` before training it (module docstring)."""
+        now = time.time()
+        with self._connect(immediate=True) as conn:
+            stored = conn.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
+            if stored is not None and stored[0] == "complete":
+                return Claim("complete")
+            held = conn.execute("SELECT owner, host, pid, heartbeat FROM claims WHERE key = ?",
+                                (key,)).fetchone()
+            if held is not None and held[0] != owner.id:
+                holder, host, pid, heartbeat = held
+                alive = now - heartbeat < lease_s and (host != owner.host
+                                                       or _process_alive(pid))
+                if alive:
+                    return Claim("held", f"pid {pid} on {host}")
+            conn.execute(
+                "INSERT OR REPLACE INTO claims (key, owner, host, pid, claimed_at, heartbeat) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (key, owner.id, owner.host, owner.pid, now, now))
+        return Claim("claimed")
+
+    def renew_claims(self, owner: ClaimOwner) -> None:
+        """Refresh the heartbeat of every claim ``owner`` holds (call well within the lease)."""
+        with self._connect() as conn:
+            conn.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?",
+                         (time.time(), owner.id))
+
+    def release_claims(self, owner: ClaimOwner, keys: Iterable[str] | None = None) -> None:
+        """Drop ``owner``'s claims on ``keys`` (all of them when None)."""
+        with self._connect() as conn:
+            if keys is None:
+                conn.execute("DELETE FROM claims WHERE owner = ?", (owner.id,))
+            else:
+                conn.executemany("DELETE FROM claims WHERE owner = ? AND key = ?",
+                                 [(owner.id, k) for k in keys])
+
+    def claims(self) -> list[tuple[str, str]]:
+        """(key, owner id) of every claim on record, live or not."""
+        with self._connect() as conn:
+            return list(conn.execute("SELECT key, owner FROM claims ORDER BY key"))
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -35,11 +35,11 @@ def digits_tiny():
 def run_cli(tmp_path):
     """Run ``python -m bayesbench ARGS`` in ``tmp_path``; returns the CompletedProcess."""
 
-    def run(*args: str, extra_path: Path | None = None, timeout: int = 300):
+    def run(*args: str, extra_path: Path | None = None):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in [str(REPO), str(extra_path or ""), os.environ.get("PYTHONPATH", "")] if p
         ), OMP_NUM_THREADS="1", COLUMNS="200")
         return subprocess.run([sys.executable, "-m", "bayesbench", *args], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=timeout)
+                              env=env, capture_output=True, text=True)
 
     return run

@@ -450,7 +450,7 @@ def test_cli_run_end_to_end_and_bad_file_exit_2(tmp_path):
         return subprocess.run(
             [sys.executable, "-m", "bayesbench", "run", "--config", config, "--store", store,
              "--quick", "--seeds", "0"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            cwd=tmp_path, env=env, capture_output=True, text=True,
         )
 
     ok = run("good.yaml", "tmp/x.sqlite")  # relative paths: against the working directory

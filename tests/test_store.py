@@ -136,3 +136,77 @@ def test_newer_schema_raises_store_error(store):
 def test_folder_path_raises_store_error(tmp_path):
     with pytest.raises(StoreError, match="is a folder"):
         ResultStore(tmp_path)
+
+
+# -- a finished result is never lost; claims keep two processes from training one run twice --
+
+
+def test_a_failed_result_never_replaces_a_complete_one(store):
+    done = fake_result("map", "toy", 0, 0.9, 0.1)
+    assert store.write(done) is True
+    failed = fake_result("map", "toy", 0, 0.9, 0.1, status="failed", error="BrokenProcessPool")
+    assert failed.key == done.key
+    assert store.write(failed) is False
+    assert store.get(done.key) == done and store.completed_keys() == {done.key}
+    assert not store.results(status="failed")
+    # a failed one is still replaced by a later failure and by a complete result
+    other = fake_result("vi", "toy", 0, 0.9, 0.1, status="failed", error="first")
+    store.write(other)
+    assert store.write(fake_result("vi", "toy", 0, 0.9, 0.1, status="failed", error="second"))
+    assert store.get(other.key).error == "second"
+    assert store.write(fake_result("vi", "toy", 0, 0.8, 0.1))
+    assert store.get(other.key).status == "complete"
+
+
+def test_claims_are_exclusive_until_written_or_released(store, tmp_path):
+    from bayesbench.store import ClaimOwner
+
+    a, b = ClaimOwner.this_process(), ClaimOwner.this_process()  # two live owners, one pid
+    other = ResultStore(store.path)  # a second handle, as a second process would have
+    assert store.claim("k1", a).status == "claimed"
+    assert store.claim("k1", a).status == "claimed"  # re-claiming one's own claim is fine
+    held = other.claim("k1", b)
+    assert held.status == "held" and str(a.pid) in held.holder
+    result = fake_result("map", "toy", 0, 0.9, 0.1)
+    assert store.claim(result.key, a).status == "claimed"
+    store.write(result)  # the write drops the claim, and a complete run is not claimable
+    assert other.claim(result.key, b).status == "complete"
+    assert [k for k, _ in store.claims()] == ["k1"]
+    store.release_claims(a)
+    assert other.claim("k1", b).status == "claimed"
+    other.release_claims(b, ["k1"])
+    assert store.claims() == []
+
+
+def test_a_claim_is_lost_by_a_dead_process_and_by_an_expired_lease(store):
+    import subprocess
+    import sys
+    import time
+
+    from bayesbench.store import ClaimOwner
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    ghost = ClaimOwner(ClaimOwner.this_process().host, int(dead.stdout), "ghost")
+    assert store.claim("k", ghost).status == "claimed"
+    me = ClaimOwner.this_process()
+    assert store.claim("k", me).status == "claimed"  # its process is gone: taken over
+
+    remote = ClaimOwner("another-host", 1, "remote")  # can't check its pid: the lease decides
+    assert store.claim("r", remote).status == "claimed"
+    assert store.claim("r", me, lease_s=3600).status == "held"
+    time.sleep(0.05)
+    assert store.claim("r", me, lease_s=0.01).status == "claimed"
+    store.renew_claims(me)  # renewing keeps a claim alive against the next one's lease
+    assert store.claim("r", remote, lease_s=3600).status == "held"
+
+
+def test_a_store_from_before_claims_gains_the_table(tmp_path):
+    path = tmp_path / "old.sqlite"
+    ResultStore(path)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE claims")
+    store = ResultStore(path)
+    from bayesbench.store import ClaimOwner
+
+    assert store.claim("k", ClaimOwner.this_process()).status == "claimed"
