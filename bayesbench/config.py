@@ -1,6 +1,8 @@
 """benchmarks.yaml: load, validate, and expand into fully resolved :class:`RunSpec` s.
 
 Every error names the file, the key path and the fix, and is raised before anything runs.
+Numeric settings follow :data:`FIELD_RULES` (finite, in range, below sane upper bounds),
+in the top-level sections and in per-dataset overrides alike.
 
 Layout (all sections but ``datasets`` and ``methods`` optional)::
 
@@ -33,17 +35,21 @@ import difflib
 import hashlib
 import inspect
 import json
+import math
+import os
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bayesbench.errors import BayesbenchError, ConfigError, UnknownNameError
+from bayesbench.errors import BayesbenchError, ConfigError, UnknownNameError, shorten
 from bayesbench.methods.base import EvaluationConfig, TrainingConfig
 from bayesbench.models import ModelConfig
 from bayesbench.registry import DATASETS, METHODS
+from bayesbench.scoring import MAX_ECE_BINS
 
 
 @dataclass
@@ -56,6 +62,121 @@ class QuickConfig:
     max_eval: int = 128
     mc_samples: int = 4
     seeds: int = 1
+
+
+# --------------------------------------------------------------------------- value rules
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of one numeric setting: finite, ``low <= value <= high`` (``low_open``
+    / ``high_open`` make an end exclusive; ``high=None``: no upper bound). ``note`` is added
+    to the error message (e.g. what 0 means)."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):  # (an int of 400 digits
+            return False                                            # has no float)
+        if value < self.low or (self.low_open and value == self.low):
+            return False
+        return self.high is None or value < self.high or (value == self.high
+                                                            and not self.high_open)
+
+    def describe(self, integer: bool) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if integer and self.high is not None and not self.low_open and not self.high_open:
+            return f"an integer from {low} to {high}"
+        if self.high is None:
+            return f"a finite number {'>' if self.low_open else '>='} {low}"
+        return (f"a number in {'(' if self.low_open else '['}{low}, {high}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(x: float | None) -> str:
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+MAX_D_MODEL = 4096
+MAX_DEPTH = 64
+MAX_HEADS = 64
+MAX_MODEL_PARAMETERS = 10**9  # encoder weights, about depth * (4 + 2 * mlp_ratio) * d_model^2
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 65_536
+MAX_MC_SAMPLES = 1000
+MAX_EXAMPLES = 10_000_000
+MAX_SEED = 2**31 - 1
+MAX_LABEL_LENGTH = 100
+MAX_YAML_NODES = 100_000  # values in the document once YAML aliases are expanded
+
+FIELD_RULES: dict[type, dict[str, Range]] = {
+    ModelConfig: {
+        "d_model": Range(1, MAX_D_MODEL),
+        "depth": Range(1, MAX_DEPTH),
+        "heads": Range(1, MAX_HEADS),
+        "mlp_ratio": Range(0, 64, low_open=True),
+        "dropout": Range(0, 1, high_open=True),
+        "attention_dropout": Range(0, 1, high_open=True),
+    },
+    TrainingConfig: {
+        "epochs": Range(1, MAX_EPOCHS),
+        "batch_size": Range(1, MAX_BATCH_SIZE),
+        "lr": Range(0, low_open=True),
+        "weight_decay": Range(0),
+        "grad_clip": Range(0, note="0 turns clipping off"),
+    },
+    EvaluationConfig: {
+        "ece_bins": Range(1, MAX_ECE_BINS),
+        "mc_samples": Range(1, MAX_MC_SAMPLES),
+        "batch_size": Range(1, MAX_BATCH_SIZE),
+    },
+    QuickConfig: {
+        "epochs": Range(1, MAX_EPOCHS),
+        "max_train": Range(1, MAX_EXAMPLES),
+        "max_eval": Range(1, MAX_EXAMPLES),
+        "mc_samples": Range(1, MAX_MC_SAMPLES),
+        "seeds": Range(1, 1000),
+    },
+}
+"""The rule of every numeric setting of each config section; the same rules apply to the
+top-level sections and to every dataset's ``model:`` / ``training:`` overrides."""
+
+
+def section_errors(cls: type, values: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(field, problem)`` for every value of a ``cls`` section (``values``: all its fields,
+    already type-checked) that breaks :data:`FIELD_RULES` or a cross-field rule; ``field``
+    is "" for a problem of the combination."""
+    errors: list[tuple[str, str]] = []
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, rule in FIELD_RULES.get(cls, {}).items():
+        value = values[name]
+        if not rule.admits(value):
+            note = f" ({rule.note})" if rule.note else ""
+            errors.append((name, f"must be {rule.describe(hints[name] is int)}{note}, got "
+                                 f"{shorten(value)}; e.g. {defaults[name]!r} (the default)"))
+    if errors or cls is not ModelConfig:
+        return errors
+    d_model, heads, depth, ratio = (values[k] for k in ("d_model", "heads", "depth",
+                                                        "mlp_ratio"))
+    if d_model % heads:
+        errors.append(("", f"d_model={d_model} must be divisible by heads={heads}, e.g. "
+                           f"heads={math.gcd(d_model, 4) or 1}"))
+    if int(d_model * ratio) < 1:
+        errors.append(("mlp_ratio", f"d_model * mlp_ratio = {d_model * ratio:g} leaves the MLP "
+                                    "no hidden unit; raise mlp_ratio, e.g. 2.0"))
+    weights = depth * (4 + 2 * ratio) * d_model**2
+    if weights > MAX_MODEL_PARAMETERS:
+        errors.append(("", f"d_model={d_model}, depth={depth}, mlp_ratio={ratio:g} is about "
+                           f"{weights / 1e9:.1f} billion weights, over the limit of "
+                           f"{MAX_MODEL_PARAMETERS / 1e9:g} billion; make the model smaller"))
+    return errors
 
 
 @dataclass
@@ -93,7 +214,10 @@ class RunSpec:
 
     ``key`` hashes everything; ``config_hash`` everything but the seed. The code versions
     (``Method.version``, ``Dataset.version``) enter both hashes only once a class raises its
-    version above 1, so runs stored before versions existed keep their keys.
+    version above 1, so runs stored before versions existed keep their keys. Likewise the
+    execution settings that change numbers (``threads``: torch threads, about 1e-8 apart;
+    ``device``: the device type) enter them only when they differ from the defaults (1 thread,
+    ``cpu``): such runs never mix with the default's, and stored runs keep their keys.
     """
 
     label: str
@@ -111,14 +235,16 @@ class RunSpec:
     quick: dict[str, Any] | None  # the QuickConfig applied, or None for a full run
     method_version: int = 1
     dataset_version: int = 1
+    threads: int = 1
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def _hashed(self) -> dict[str, Any]:
         d = self.to_dict()
-        for name in ("method_version", "dataset_version"):
-            if d[name] == 1:
+        for name, default in _UNHASHED_DEFAULTS.items():
+            if d[name] == default:
                 del d[name]
         return d
 
@@ -135,6 +261,10 @@ class RunSpec:
     @property
     def training_seed(self) -> int:
         return derive_seed(self.seed, self.label, self.dataset_label)
+
+
+_UNHASHED_DEFAULTS = {"method_version": 1, "dataset_version": 1, "threads": 1, "device": "cpu"}
+"""RunSpec fields left out of the hashes while they hold these values (see RunSpec)."""
 
 
 def _digest(obj: Any) -> str:
@@ -167,33 +297,36 @@ class _Validator:
     def known_keys(self, value: dict[str, Any], allowed: list[str], where: str) -> None:
         for key in value:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                name = key if isinstance(key, str) and len(key) <= 60 else shorten(key, 60)
+                close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6)
                 hint = f"did you mean '{close[0]}'? " if close else ""
-                self.fail(f"{where}.{key}" if where else str(key),
+                self.fail(f"{where}.{name}" if where else str(name),
                           f"unknown key; {hint}allowed keys: {', '.join(allowed)}")
 
     def typed(self, value: Any, annotation: Any, where: str) -> Any:
         """Check ``value`` against a simple annotation (int, float, str, bool, list, Optional)."""
         ok, converted = _conforms(value, annotation)
         if not ok:
-            self.fail(where, f"expected {_type_name(annotation)}, got {value!r}")
+            self.fail(where, f"expected {_type_name(annotation)}, got {shorten(value)}")
         return converted
 
     def dataclass_section(self, cls: type, value: Any, where: str, base: Any = None) -> Any:
+        """The ``cls`` section at ``where``: known keys, types, then :func:`section_errors` on
+        the values it ends up with (``base``'s where ``value`` sets nothing), so overrides get
+        exactly the checks of a top-level section."""
         data = self.mapping(value, where)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         self.known_keys(data, list(fields), where)
         hints = typing.get_type_hints(cls)
         out = {k: self.typed(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+        start = dataclasses.asdict(base) if base is not None else {
+            n: f.default for n, f in fields.items()}
+        for name, problem in section_errors(cls, {**start, **out}):
+            self.fail(f"{where}.{name}" if name else where, problem)
         try:
-            return dataclasses.replace(base, **out) if base is not None else cls(**out)
+            return cls(**{**start, **out})
         except (TypeError, ValueError) as exc:
-            self.fail(where, str(exc))
-
-    def positive(self, obj: Any, names: list[str], where: str) -> None:
-        for name in names:
-            if getattr(obj, name) <= 0:
-                self.fail(f"{where}.{name}", f"must be positive, got {getattr(obj, name)}")
+            self.fail(where, shorten_text(str(exc)))
 
 
 def _type_name(annotation: Any) -> str:
@@ -218,7 +351,10 @@ def _conforms(value: Any, annotation: Any) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            try:
+                return True, float(value)
+            except OverflowError:  # an integer beyond any float
+                return False, value
         return False, value
     if annotation is str:
         return isinstance(value, str), value
@@ -258,7 +394,7 @@ def check_parameters(cls: type, params: dict[str, Any], v: _Validator, where: st
     try:
         cls(**out)
     except (TypeError, ValueError, BayesbenchError) as exc:
-        v.fail(where, f"{exc}")
+        v.fail(where, shorten_text(" ".join(str(exc).split()), 600))
     # the resolved parameters include the defaults, so a changed default makes new runs
     defaults = {n: p.default for n, p in sig.parameters.items()
                 if n in accepted and p.default is not p.empty}
@@ -292,8 +428,13 @@ def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: typ
             v.fail(f"{where}.name", f"{cls.__name__}.version is {version!r}; a class's code "
                    "version must be a positive integer (1, then raised when results change)")
         label = item.get("label", name if ":" not in name else name.rsplit(":", 1)[1])
-        if not isinstance(label, str) or not label or "/" in label:
-            v.fail(f"{where}.label", "must be a non-empty string without '/'")
+        if not isinstance(label, str) or not label or "/" in label or not label.isprintable():
+            v.fail(f"{where}.label", "must be a non-empty string without '/' or control "
+                   f"characters, got {shorten(label, 80)}")
+        if len(label) > MAX_LABEL_LENGTH:
+            v.fail(f"{where}.label", f"is {len(label)} characters long, over the limit of "
+                   f"{MAX_LABEL_LENGTH} (labels name report files); give a shorter label than "
+                   f"'{label[:40]}…'")
         if label in labels:
             v.fail(f"{where}.label", f"'{label}' is used twice; give each entry its own label")
         labels.add(label)
@@ -338,15 +479,15 @@ def parse_config(data: Any, path: str = "<config>") -> Config:
     data = v.mapping(data, "top level")
     v.known_keys(data, TOP_LEVEL_KEYS, "")
     seeds = v.typed(data.get("seeds", [0]), list[int], "seeds")
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        v.fail("seeds", "expected distinct non-negative integers, e.g. [0, 1, 2]")
+    if not seeds:
+        v.fail("seeds", "empty; list base seeds, e.g. [0, 1, 2]")
+    problem = seed_problem(seeds)
+    if problem:
+        v.fail("seeds", f"{problem}, e.g. [0, 1, 2]")
     model = v.dataclass_section(ModelConfig, data.get("model"), "model")
     training = v.dataclass_section(TrainingConfig, data.get("training"), "training")
-    v.positive(training, ["epochs", "batch_size", "lr"], "training")
     evaluation = v.dataclass_section(EvaluationConfig, data.get("evaluation"), "evaluation")
-    v.positive(evaluation, ["ece_bins", "mc_samples", "batch_size"], "evaluation")
     quick = v.dataclass_section(QuickConfig, data.get("quick"), "quick")
-    v.positive(quick, ["epochs", "max_train", "max_eval", "mc_samples", "seeds"], "quick")
     if "datasets" not in data:
         v.fail("datasets", "required: list the datasets to benchmark, e.g. '- name: digits'")
     if "methods" not in data:
@@ -359,16 +500,123 @@ def parse_config(data: Any, path: str = "<config>") -> Config:
     return Config(path, seeds, model, training, evaluation, quick, datasets, methods)
 
 
+def seed_problem(seeds: list[int]) -> str:
+    """What is wrong with a list of base seeds ("" when nothing): each must be an integer in
+    [0, MAX_SEED] (the data splits take 32-bit seeds), given once."""
+    for s in seeds:
+        if not 0 <= s <= MAX_SEED:
+            return (f"seed {shorten(s, 40)} is outside 0..{MAX_SEED}; base seeds are "
+                    "non-negative 31-bit integers")
+    repeated = sorted(s for s, n in Counter(seeds).items() if n > 1)
+    if repeated:
+        return (f"seed {', '.join(map(str, repeated[:5]))} is given more than once; give "
+                "distinct seeds")
+    return ""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses documents whose aliases expand to more than
+    :data:`MAX_YAML_NODES` values or refer to themselves (an alias "bomb" of a few hundred
+    bytes can stand for billions of values)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the values ``root`` stands for with every alias expanded, without expanding
+    (each shared node is counted once per reference, memoised; iterative, so deep nesting
+    does not recurse)."""
+    size: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = ([n for pair in node.value for n in pair]
+                    if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            active.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            if size[key] > MAX_YAML_NODES:
+                raise yaml.YAMLError(
+                    f"its anchors and aliases (&name / *name) expand to more than "
+                    f"{MAX_YAML_NODES} values (near line {node.start_mark.line + 1}); write "
+                    "the values out or nest aliases less deeply")
+            continue
+        if key in size:
+            continue
+        if key in active:
+            raise yaml.YAMLError(f"an alias refers to a value that contains it (near line "
+                                 f"{node.start_mark.line + 1}); remove the recursive alias")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+
+
 def load_config(path: str | Path) -> Config:
-    """Read and validate benchmarks.yaml."""
+    """Read and validate benchmarks.yaml (UTF-8 YAML)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, not a config file; pass --config PATH to a "
+                          "benchmarks.yaml")
     if not p.is_file():
         raise ConfigError(f"{p}: no such config file; pass --config PATH to a benchmarks.yaml")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror}); check its permissions"
+                          ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save "
+            "the config as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML{_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not a usable YAML document: nested too deeply; flatten "
+                          "it") from None
+    except (ValueError, TypeError) as exc:  # e.g. a date like 2024-13-45
+        raise ConfigError(f"{p}: not a usable YAML document: {shorten_text(str(exc))}; "
+                          "quote values that are meant as text") from None
     return parse_config(data, str(p))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where and what (PyYAML's own text spans several lines and
+    quotes the document)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" ({exc.context})" if exc.context else ""
+        return f"{at}: {shorten_text(exc.problem, 200)}{shorten_text(context, 100)}"
+    return f": {shorten_text(' '.join(str(exc).split()))}"
+
+
+def shorten_text(text: str, limit: int = 300) -> str:
+    """``text`` cut at ``limit`` characters (messages of parsers can quote a whole line)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_parallelism(workers: int, threads: int | None) -> None:
+    """``--workers`` and ``--threads``: each at least 1 and at most 4 per CPU core of this
+    machine (every worker is a process with its own torch; more only thrashes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    limit = 4 * cores
+    for flag, value in (("--workers", workers), ("--threads", threads)):
+        if value is None:
+            continue
+        if not 1 <= value <= limit:
+            raise ConfigError(
+                f"{flag} {value}: must be from 1 to {limit} (4 per CPU core; this machine has "
+                f"{cores}); e.g. {flag} {min(2, cores)}")
 
 
 def _select(v: _Validator, wanted: list[str] | None, available: list[str], flag: str) -> set[str]:
@@ -379,7 +627,8 @@ def _select(v: _Validator, wanted: list[str] | None, available: list[str], flag:
             close = difflib.get_close_matches(w, available, n=1, cutoff=0.5)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{flag} {w}: not in {v.path}.{hint} Choose from: {', '.join(available)}"
+                f"{flag} {shorten_text(w, 80)}: not in {v.path}.{hint} Choose from: "
+                f"{shorten_text(', '.join(available), 600)}"
             )
     return set(wanted)
 
@@ -391,14 +640,19 @@ def expand(
     datasets: list[str] | None = None,
     seeds: list[int] | None = None,
     quick: bool = False,
+    threads: int = 1,
+    device: str = "cpu",
 ) -> list[RunSpec]:
-    """The grid method × dataset × seed, filtered, in a stable order (dataset, seed, method)."""
+    """The grid method × dataset × seed, filtered, in a stable order (dataset, seed, method).
+    ``threads`` and ``device`` (a device type) are the execution settings the runs record."""
     v = _Validator(config.path)
     groups = sorted({m.group for m in config.methods} - {m.label for m in config.methods})
     method_labels = _select(v, methods, [m.label for m in config.methods] + groups, "--methods")
     dataset_labels = _select(v, datasets, [d.label for d in config.datasets], "--datasets")
-    if seeds and any(s < 0 for s in seeds):
-        raise ConfigError(f"--seeds: seeds must be non-negative integers, got {seeds}")
+    problem = seed_problem(seeds) if seeds else ""
+    if problem:
+        raise ConfigError(f"--seeds {','.join(map(str, seeds))[:80]}: {problem}, e.g. "
+                          "--seeds 0,1,2")
     seed_list = seeds or (config.seeds[: config.quick.seeds] if quick else config.seeds)
     specs: list[RunSpec] = []
     for d in config.datasets:
@@ -425,5 +679,6 @@ def expand(
                     evaluation=dataclasses.asdict(evaluation),
                     quick=dataclasses.asdict(config.quick) if quick else None,
                     method_version=m.version, dataset_version=d.version,
+                    threads=threads, device=device,
                 ))
     return specs

@@ -7,13 +7,15 @@ raises :class:`~bayesbench.errors.InputFileError` naming the file and the fix.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+from numpy.lib import format as npy_format
 
 from bayesbench.errors import ConfigError, InputFileError
 from bayesbench.metrics.suite import check_labels, check_probabilities, evaluate_ood, evaluate_split
@@ -21,7 +23,12 @@ from bayesbench.results import TEST_SPLIT
 
 OOD_SPLIT = "ood"
 
+MAX_ECE_BINS = 1000
+"""Most calibration bins ``--bins`` (and ``evaluation.ece_bins``) accepts."""
+
 SUPPORTED_EXTENSIONS = (".npy", ".npz", ".csv")
+# the most a zip member can expand: deflate's limit is about 1032:1 (numpy writes only these)
+_ZIP_RATIO = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1032}
 _WRITERS = {".npy": "numpy.save", ".npz": "numpy.savez", ".csv": "a CSV writer"}
 
 ArrayOrPath = Any
@@ -72,6 +79,8 @@ def load_array(path: str | os.PathLike[str], what: str) -> np.ndarray:
         )
     try:
         if ext == ".npy":
+            with open(p, "rb") as f:
+                _check_npy_header(f, p.stat().st_size, f"{what} file '{p}'", ext)
             array = np.load(p, allow_pickle=False)
         elif ext == ".npz":
             array = _load_npz(p, what)
@@ -79,9 +88,16 @@ def load_array(path: str | os.PathLike[str], what: str) -> np.ndarray:
             array = _load_csv(p, what)
     except InputFileError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pd.errors.ParserError) as exc:
+    except MemoryError:
         raise InputFileError(
-            f"{what} file '{p}' cannot be read as {ext}: {str(exc).strip()}; check that it was "
+            f"{what} file '{p}' is too large to load into memory; score a subset of the "
+            "examples"
+        ) from None
+    except (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile,
+            pd.errors.ParserError) as exc:  # RuntimeError: an encrypted zip member
+        text = " ".join(str(exc).split())
+        raise InputFileError(
+            f"{what} file '{p}' cannot be read as {ext}: {text[:200]}; check that it was "
             f"written by {_WRITERS[ext]}"
         ) from None
     if array.dtype.kind not in "biuf":
@@ -89,19 +105,67 @@ def load_array(path: str | os.PathLike[str], what: str) -> np.ndarray:
     return array
 
 
+def _check_npy_header(stream: IO[bytes], size: int, source: str, ext: str) -> None:
+    """Read a ``.npy`` header from ``stream`` (``size`` bytes in all) and refuse what
+    ``np.load`` would unpickle or could not hold: object dtypes, and a shape whose data is
+    larger than the bytes that follow the header (a corrupt header can claim 10^13 rows)."""
+    version = npy_format.read_magic(stream)
+    read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
+                   else npy_format.read_array_header_2_0)
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise InputFileError(
+            f"{source} holds Python objects (dtype {str(dtype)[:60]}), which only pickle can "
+            "read; save a numeric array instead"
+        )
+    need = math.prod(shape) * dtype.itemsize
+    have = size - stream.tell()
+    if need > have:
+        raise InputFileError(
+            f"{source} cannot be read as {ext}: its header claims shape {tuple(shape)!s:.80} "
+            f"of {dtype} ({need:,} bytes) but only {max(have, 0):,} bytes follow; the file "
+            "is truncated or its header is corrupt, so write it again"
+        )
+
+
 def _load_npz(p: Path, what: str) -> np.ndarray:
+    with zipfile.ZipFile(p) as zf:
+        members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+        others = [i.filename for i in zf.infolist() if not i.filename.endswith(".npy")]
+        if not members:
+            listed = ", ".join(f"'{n[:60]}'" for n in others[:5]) or "none"
+            raise InputFileError(
+                f"{what} file '{p}' holds no numpy arrays (members: {listed}; arrays are "
+                f".npy members); write it with numpy.savez"
+            )
+        names = list(members)
+        chosen = names[0] if len(names) == 1 else next(
+            (n for n in _npz_names(what) if n in members), None)
+        if chosen is None:
+            wanted = " or ".join(f"'{n}'" for n in _npz_names(what))
+            listed = ", ".join(f"'{n[:60]}'" for n in names[:10])
+            raise InputFileError(
+                f"{what} file '{p}' holds arrays {listed}{' …' if len(names) > 10 else ''} "
+                f"and none is named {wanted}; save the {what} alone, or under the name {wanted}"
+            )
+        info = members[chosen]
+        source = f"{what} file '{p}', array '{chosen[:60]}',"
+        ratio = _ZIP_RATIO.get(info.compress_type)
+        if ratio is None:
+            raise InputFileError(
+                f"{source} is compressed with zip method {info.compress_type}, which numpy "
+                "never writes; write the file with numpy.savez or numpy.savez_compressed"
+            )
+        if (info.compress_size > p.stat().st_size
+                or info.file_size > ratio * info.compress_size + 1024):
+            raise InputFileError(
+                f"{source} has a corrupt zip entry (claims {info.file_size:,} bytes from "
+                f"{info.compress_size:,}); write the file again with numpy.savez"
+            )
+        with zf.open(info) as member:
+            _check_npy_header(member, info.file_size, source, ".npy")
     with np.load(p, allow_pickle=False) as archive:
-        names = list(archive.files)
-        if len(names) == 1:
-            return archive[names[0]]
-        for name in _npz_names(what):
-            if name in names:
-                return archive[name]
-    wanted = " or ".join(f"'{n}'" for n in _npz_names(what))
-    raise InputFileError(
-        f"{what} file '{p}' holds arrays {names or '(none)'} and none is named {wanted}; save "
-        f"the {what} alone, or under the name {wanted}"
-    )
+        return archive[chosen]
 
 
 def _load_csv(p: Path, what: str) -> np.ndarray:
@@ -166,8 +230,9 @@ def score_predictions(
     values, rows not summing to 1 within 1e-3) are refused with a hint to apply softmax.
     Raises InputFileError naming the file at fault, ConfigError for a bad ``n_bins``.
     """
-    if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1:
-        raise ConfigError(f"--bins must be a positive integer, got {n_bins!r}")
+    if isinstance(n_bins, bool) or int(n_bins) != n_bins or not 1 <= n_bins <= MAX_ECE_BINS:
+        raise ConfigError(f"--bins must be an integer from 1 to {MAX_ECE_BINS}, got "
+                          f"{n_bins!r}; e.g. --bins 15")
     samples, probs_source = _as_input(probs, "probs")
     samples = _check_probabilities(samples, probs_source)
     _, n, c = samples.shape

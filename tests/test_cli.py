@@ -72,7 +72,9 @@ def test_run_report_check_cycle(tmp_path, run_cli):
 
 @pytest.mark.parametrize("change, fragment", [
     ({"methods": ["mapp"]}, "Did you mean 'map'"),
-    ({"training": {"epochs": -1}}, "training.epochs: must be positive"),
+    ({"model": {"heads": 0}}, "model.heads: must be an integer from 1 to 64, got 0"),
+    ({"datasets": [{"name": "digits", "training": {"epochs": 0}}]},
+     "datasets[0].training.epochs: must be an integer from 1 to 100000, got 0"),
 ])
 def test_bad_config_exits_2_without_traceback_or_store(tmp_path, run_cli, change, fragment):
     cfg = write_config(tmp_path, {**TINY, **change})
@@ -141,3 +143,163 @@ def test_default_suite_quick_end_to_end(tmp_path, run_cli):
         if isinstance(entry, dict) and "sweep" in entry:
             continue
         assert f"| {label} |" in board
+
+
+# ---------------------------------------------------- bad input: exit 2, one line, nothing written
+
+
+def main_in_process(monkeypatch, capsys, *args):
+    """``bayesbench ARGS`` through :func:`bayesbench.cli.main` in this process (no
+    interpreter start-up), for inputs that fail before anything runs: (exit code, stderr)."""
+    from bayesbench import cli
+
+    monkeypatch.setattr("sys.argv", ["bayesbench", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_one_line_error(stderr, fragment):
+    assert "Traceback" not in stderr and stderr.startswith("error: "), stderr
+    assert fragment in stderr, stderr
+    assert stderr.count("\n") == 1 and len(stderr) < 400, stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seeds", "0,0"], "--seeds 0,0: seed 0 is given more than once; give distinct seeds"),
+    (["--seeds", "3,-1"], "--seeds 3,-1: seed -1 is outside 0..2147483647"),
+    (["--seeds", "9" * 5000], "--seeds 999"),
+    (["--methods", ""], "--methods: give a comma-separated list"),
+    (["--methods", " , "], "--methods: give a comma-separated list"),
+    (["--datasets", ""], "--datasets: give a comma-separated list"),
+    (["--workers", "10000"], "--workers 10000: must be from 1 to"),
+    (["--threads", "10000"], "--threads 10000: must be from 1 to"),
+    (["--out", "taken.txt"], "--out taken.txt: is an existing file, not a folder"),
+    (["--out", "taken.txt/reports"], "taken.txt' is a file, so no folder can be made there"),
+])
+def test_bad_run_flags_exit_2_before_anything_runs(tmp_path, monkeypatch, capsys, args,
+                                                    fragment):
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path)
+    (tmp_path / "taken.txt").write_text("x")
+    code, err = main_in_process(monkeypatch, capsys, "run", "--config", cfg, "--store",
+                                "s.sqlite", *args)
+    assert code == 2
+    assert_one_line_error(err, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.yaml", "taken.txt"]
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ({**TINY, "methods": [{"name": "map", "label": "m" * 300}]},
+     "bench.yaml: methods[0].label: is 300 characters long, over the limit of 100"),
+    ({**TINY, "training": {"grad_clip": -1}}, "bench.yaml: training.grad_clip: must be a finite "
+                                             "number >= 0 (0 turns clipping off), got -1.0"),
+    ({**TINY, "evaluation": {"mc_samples": 10**9}},
+     "bench.yaml: evaluation.mc_samples: must be an integer from 1 to 1000"),
+    ({**TINY, "datasets": [{"name": "files", "params": {"train": "tokens.npz"}}]},
+     "token id 1000000000000 in x is not below 1000000, the vocabulary limit"),
+])
+def test_bad_config_values_exit_2_with_nothing_written(tmp_path, monkeypatch, capsys, config,
+                                                       fragment):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "tokens.npz", x=np.array([[1, 2], [3, 10**12], [0, 1], [2, 2]]),
+             y=np.array([0, 1, 0, 1]))
+    cfg = write_config(tmp_path, config)
+    code, err = main_in_process(monkeypatch, capsys, "run", "--config", cfg, "--store",
+                                "s.sqlite", "--out", "reports")
+    assert code == 2
+    assert_one_line_error(err, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.yaml", "tokens.npz"]
+
+
+def test_unusable_config_files_exit_2_in_one_short_line(tmp_path, run_cli):
+    """Through the real entry point: a non-UTF-8 file and a 600-byte YAML alias bomb (which
+    once printed an 80 MB message)."""
+    from test_config import _bomb
+
+    (tmp_path / "latin.yaml").write_bytes("seeds: [0]\n# caf\xe9\n".encode("latin-1"))
+    (tmp_path / "bomb.yaml").write_text(_bomb())
+    for name, fragment in (("latin.yaml", "latin.yaml: not UTF-8 text (byte 0xe9 at offset 16)"),
+                           ("bomb.yaml", "bomb.yaml: not valid YAML: its anchors and aliases")):
+        res = run_cli("run", "--config", name, "--store", "s.sqlite")
+        assert res.returncode == 2
+        assert_one_line_error(res.stderr, fragment)
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_config_folder_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf").mkdir()
+    code, err = main_in_process(monkeypatch, capsys, "run", "--config", "conf")
+    assert code == 2
+    assert_one_line_error(err, "conf: is a folder, not a config file")
+
+
+def test_report_output_paths_are_checked_before_any_file_is_written(tmp_path, run_cli):
+    from fake_results import fake_result
+
+    from bayesbench.store import ResultStore
+
+    ResultStore(tmp_path / "s.sqlite").write(fake_result("map", "toy", 0, 0.9, 0.1))
+    (tmp_path / "taken.txt").write_text("x")
+    (tmp_path / "folder").mkdir()
+    res = run_cli("report", "--store", "s.sqlite", "--out", "taken.txt")
+    assert res.returncode == 2
+    assert_one_line_error(res.stderr, "--out taken.txt: is an existing file, not a folder")
+    res = run_cli("report", "--store", "s.sqlite", "--out", "reports", "--write-baseline",
+                  "folder")
+    assert res.returncode == 2
+    assert_one_line_error(res.stderr, "--write-baseline folder: is a folder; give a file path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "s.sqlite", "taken.txt"]
+    assert not list((tmp_path / "folder").iterdir())
+
+
+def test_an_os_error_while_writing_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from fake_results import fake_result
+
+    from bayesbench.store import ResultStore
+
+    monkeypatch.chdir(tmp_path)
+    ResultStore(tmp_path / "s.sqlite").write(fake_result("map", "toy", 0, 0.9, 0.1))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", "reports/results.csv")
+
+    monkeypatch.setattr("bayesbench.report.write_report", disk_full)
+    code, err = main_in_process(monkeypatch, capsys, "report", "--store", "s.sqlite")
+    assert code == 2
+    assert_one_line_error(err, "reports/results.csv: No space left on device; check the path")
+
+
+def test_score_refuses_a_header_that_claims_10_to_the_13_rows(tmp_path, run_cli):
+    from numpy.lib import format as npy_format
+
+    with open(tmp_path / "huge.npy", "wb") as f:
+        npy_format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False,
+                                              "shape": (10**13, 3)})
+        f.write(bytes(24))
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    res = run_cli("score", "--probs", "huge.npy", "--labels", "y.npy")
+    assert res.returncode == 2
+    assert_one_line_error(res.stderr, "probs file 'huge.npy' cannot be read as .npy: its header "
+                                      "claims shape (10000000000000, 3)")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["score", "--probs", "p.npz", "--labels", "y.npy"], "p.npz' holds no numpy arrays"),
+    (["score", "--probs", "y.npy", "--labels", "y.npy", "--bins", "5000"],
+     "--bins must be an integer from 1 to 1000, got 5000"),
+    (["priors", "--out", "taken.txt"], "--out taken.txt: is an existing file, not a folder"),
+])
+def test_bad_score_and_priors_inputs_exit_2(tmp_path, monkeypatch, capsys, args, fragment):
+    import zipfile
+
+    monkeypatch.chdir(tmp_path)
+    with zipfile.ZipFile(tmp_path / "p.npz", "w") as zf:
+        zf.writestr("probs.txt", "0.5,0.5")
+    np.save(tmp_path / "y.npy", np.array([[0.5, 0.5], [0.2, 0.8]]))
+    (tmp_path / "taken.txt").write_text("x")
+    code, err = main_in_process(monkeypatch, capsys, *args)
+    assert code == 2
+    assert_one_line_error(err, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz", "taken.txt", "y.npy"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 
 import matplotlib.image
 import pandas as pd
@@ -242,3 +244,92 @@ def test_a_rerun_under_changed_settings_supersedes_the_old_run(tmp_path):
     agg = aggregate_store(store)
     row = agg[(agg["split"] == "test") & (agg["metric"] == "accuracy")]
     assert row["n"].tolist() == [1] and row["mean"].tolist() == [0.9]
+
+
+# ------------------------------------------------------------------- report file names
+
+def test_safe_names_keep_existing_names_and_never_collide():
+    from bayesbench.report.leaderboard import safe_file_name, unique_file_names
+
+    for name in ("digits", "mnist1d", "breast_cancer", "markov", "mfvi", "dirichlet_attention",
+                 "a.b-c_1"):
+        assert safe_file_name(name) == name  # today's names stay (the committed reports)
+    names = ["a b", "a_b", "a/b", "a:b", "A_B", "é", "", ".", "x" * 300, "x" * 301]
+    stems = [safe_file_name(n) for n in names]
+    assert len(set(stems)) == len(names)
+    # within one report, names that differ only in case get a hash too (macOS, Windows)
+    in_report = unique_file_names([(n,) for n in names]).values()
+    assert len({s.lower() for s in in_report}) == len(names)
+    for stem in [*stems, *in_report]:
+        assert re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", stem), stem
+    assert stems[0] == "a_b-" + hashlib.sha256(b"a b").hexdigest()[:8]
+    # joined parts: ("a_b", "c") and ("a", "b_c") would both be "a_b_c"; case-only twins too
+    pairs = unique_file_names([("a_b", "c"), ("a", "b_c"), ("toy", "mfvi"), ("Toy", "mfvi")])
+    assert len(set(pairs.values())) == 4 and len({v.lower() for v in pairs.values()}) == 4
+    assert pairs[("toy", "mfvi")].startswith("toy_mfvi-")
+    assert unique_file_names([("toy", "mfvi"), ("toy", "sghmc")]) == {
+        ("toy", "mfvi"): "toy_mfvi", ("toy", "sghmc"): "toy_sghmc"}
+
+
+def test_committed_report_names_are_unchanged():
+    from conftest import REPO
+
+    from bayesbench.report.leaderboard import unique_file_names
+
+    committed = {p.name for p in (REPO / "reports").glob("*.png")}
+    datasets = sorted(p[len("reliability_"):-4] for p in committed
+                      if p.startswith("reliability_"))
+    assert datasets and {f"reliability_{s}.png" for s in
+                         unique_file_names([(d,) for d in datasets]).values()} == {
+        f"reliability_{d}.png" for d in datasets}
+    sweeps = {p for p in committed if p.startswith("sweep_")}
+    pairs = [(d, p[len(f"sweep_{d}_"):-4]) for p in sweeps for d in datasets
+             if p.startswith(f"sweep_{d}_")]
+    assert len(pairs) == len(sweeps)
+    assert {f"sweep_{s}.png" for s in unique_file_names(pairs).values()} == sweeps
+
+
+def test_labels_that_slug_alike_or_are_long_get_their_own_files(tmp_path):
+    """'a b' and 'a_b' once both wrote reliability_a_b.png; a 300-character name broke the
+    report (file name too long). Sweep groups likewise."""
+    store = ResultStore(tmp_path / "s.sqlite")
+    long_name = "d" * 300
+    for dataset in ("a b", "a_b", long_name):
+        store.write(fake_result("map", dataset, 0, 0.9, 0.1, shift=False, ood=False))
+    for group in ("g h", "g_h"):
+        for scale in (0.1, 1.0):
+            run = fake_result(f"{group}@s={scale}", "a_b", 0, 0.8, 0.1, shift=False, ood=False)
+            run.spec = {**run.spec, "group": group, "swept": {"s": scale}}
+            store.write(run)
+    paths = write_report(store, tmp_path / "out")
+    names = [p.name for p in paths]
+    assert len(names) == len(set(names))
+    pngs = sorted(n for n in names if n.endswith(".png"))
+    assert len([n for n in pngs if n.startswith("reliability_")]) == 3
+    assert len([n for n in pngs if n.startswith("sweep_")]) == 2
+    assert "reliability_a_b.png" in pngs and "sweep_a_b_g_h.png" in pngs  # the safe ones keep
+    assert all(len(n) < 120 for n in names)
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    for png in pngs:
+        assert f"]({png})" in md and (tmp_path / "out" / png).stat().st_size > 0
+
+
+def test_output_paths_are_checked_before_anything_is_written(store, tmp_path):
+    from bayesbench.errors import OutputPathError
+    from bayesbench.report.leaderboard import check_output_file, check_output_folder
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep me")
+    with pytest.raises(OutputPathError, match=r"^report folder .*taken: is an existing file"):
+        write_report(store, a_file)
+    with pytest.raises(OutputPathError, match=r"taken' is a file, so no folder can be made"):
+        write_report(store, a_file / "sub")
+    with pytest.raises(OutputPathError, match=r"^--write-baseline .*: is a folder; give a "
+                                              r"file path"):
+        check_output_file(tmp_path, "--write-baseline")
+    with pytest.raises(OutputPathError, match="taken' is a file"):
+        check_output_file(a_file / "baseline.csv", "--write-baseline")
+    assert a_file.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [
+        tmp_path / "results.sqlite", a_file]
+    assert check_output_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # checking creates nothing

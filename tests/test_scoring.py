@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
+from numpy.lib import format as npy_format
 
 from bayesbench.errors import ConfigError, InputFileError
 from bayesbench.metrics import METRICS, evaluate_ood, evaluate_split
@@ -83,6 +87,9 @@ def test_score_samples_uses_their_mean_and_no_ood_entry_without_ood(tmp_path):
 def test_bad_bins_is_a_config_error():
     with pytest.raises(ConfigError, match="--bins"):
         score_predictions(PROBS, LABELS, n_bins=0)
+    with pytest.raises(ConfigError, match="--bins must be an integer from 1 to 1000, got 5000"):
+        score_predictions(PROBS, LABELS, n_bins=5000)
+    assert score_predictions(PROBS, LABELS, n_bins=1000)["test"]["ece"] >= 0
 
 
 def _probs_file(tmp_path, array=PROBS, name="model_probs.npy"):
@@ -232,6 +239,65 @@ def case_string_npy(tmp_path):
     return _probs_file(tmp_path), tmp_path / "words.npy", None, "words.npy", "numbers"
 
 
+def _npy_bytes(array, allow_pickle=False):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def _lying_npy(rows=10**13):
+    """A .npy whose header claims ``rows`` x 3 float64 values but holds 12 bytes of data."""
+    buf = io.BytesIO()
+    npy_format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False,
+                                            "shape": (rows, 3)})
+    return buf.getvalue() + bytes(12)
+
+
+def case_npz_member_not_npy(tmp_path):
+    with zipfile.ZipFile(tmp_path / "text_member.npz", "w") as zf:
+        zf.writestr("probs.txt", "0.5,0.5")
+    return (tmp_path / "text_member.npz", _labels_file(tmp_path), None, "text_member.npz",
+            "holds no numpy arrays.*'probs.txt'")
+
+
+def case_npz_pickled_objects(tmp_path):
+    with zipfile.ZipFile(tmp_path / "objects.npz", "w") as zf:
+        zf.writestr("probs.npy", _npy_bytes(np.array([{"p": 1}], dtype=object), True))
+    return (tmp_path / "objects.npz", _labels_file(tmp_path), None, "objects.npz",
+            "array 'probs', holds Python objects")
+
+
+def case_npy_pickled_objects(tmp_path):
+    (tmp_path / "objects.npy").write_bytes(_npy_bytes(np.array([None, 1]), True))
+    return (tmp_path / "objects.npy", _labels_file(tmp_path), None, "objects.npy",
+            "holds Python objects")
+
+
+def case_npy_header_claims_huge_shape(tmp_path):
+    (tmp_path / "huge.npy").write_bytes(_lying_npy())
+    return (tmp_path / "huge.npy", _labels_file(tmp_path), None, "huge.npy",
+            r"header claims shape \(10000000000000, 3\) of float64 "
+            r"\(240,000,000,000,000 bytes\) but only 12 bytes follow")
+
+
+def case_npz_member_header_claims_huge_shape(tmp_path):
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("labels.npy", _lying_npy())
+    return (_probs_file(tmp_path), tmp_path / "huge.npz", None, "huge.npz",
+            "array 'labels', cannot be read as .npy: its header claims shape")
+
+
+def case_npz_entry_claims_huge_size(tmp_path):
+    np.savez(tmp_path / "sized.npz", probs=PROBS)
+    data = bytearray((tmp_path / "sized.npz").read_bytes())
+    # the central directory's uncompressed size (offset 24 of the entry) claims 4 GB
+    at = data.rindex(b"PK\x01\x02") + 24
+    data[at:at + 4] = (0xFFFFFFF0).to_bytes(4, "little")
+    (tmp_path / "sized.npz").write_bytes(bytes(data))
+    return (tmp_path / "sized.npz", _labels_file(tmp_path), None, "sized.npz",
+            "corrupt zip entry")
+
+
 BAD_CASES = [v for k, v in dict(globals()).items() if k.startswith("case_")]
 
 
@@ -241,3 +307,4 @@ def test_bad_files_raise_input_file_error_naming_the_file(tmp_path, case):
     with pytest.raises(InputFileError, match=match) as info:
         score_predictions(probs, labels, ood)
     assert file_name in str(info.value)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400

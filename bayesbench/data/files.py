@@ -34,6 +34,9 @@ PAD_ID = 0
 UNKNOWN_ID = 1
 """Token id of every word outside the training vocabulary."""
 FIRST_WORD_ID = 2
+MAX_VOCAB_SIZE = 1_000_000
+"""Most token ids a vocabulary may hold (NPZ ids below it; text vocabularies ``max_vocab``
++ 2): the embedding table has one row per id, so a stray id of 10^12 would need terabytes."""
 
 _WORD = re.compile(r"[^\W_]+")  # runs of letters and digits (any script); all else separates
 
@@ -217,6 +220,9 @@ class FileDataset(Dataset):
                              ("max_vocab", max_vocab)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DataError(f"files: {param}={value!r} must be a positive integer")
+        if max_vocab > MAX_VOCAB_SIZE - FIRST_WORD_ID:
+            raise DataError(f"files: max_vocab={max_vocab} is over the limit of "
+                            f"{MAX_VOCAB_SIZE - FIRST_WORD_ID}; e.g. max_vocab: 20000")
 
         self.shifted: dict[str, list[str]] = {}
         if shifted is not None:
@@ -613,6 +619,12 @@ class FileDataset(Dataset):
         elif np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
             if x.min() < 0:
                 raise DataError(f"{where}: token ids in x must be >= 0, found {int(x.min())}")
+            if x.max() >= MAX_VOCAB_SIZE:
+                raise DataError(
+                    f"{where}: token id {int(x.max())} in x is not below {MAX_VOCAB_SIZE}, the "
+                    "vocabulary limit (one embedding row per id); renumber the ids 0..V-1, "
+                    "e.g. np.unique(x, return_inverse=True)"
+                )
             x = x.astype(np.int64)
         else:
             raise DataError(

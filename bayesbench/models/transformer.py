@@ -54,6 +54,9 @@ class ModelConfig:
     pool: str = "cls"  # "cls" or "mean"
 
     def __post_init__(self) -> None:
+        # the full rules (ranges, bounds) are bayesbench.config.FIELD_RULES, checked at load
+        if not self.heads >= 1:
+            raise ValueError(f"heads={self.heads} must be at least 1")
         if self.d_model % self.heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by heads={self.heads}")
         if self.pool not in ("cls", "mean"):

@@ -7,16 +7,18 @@ Every file is written to a temporary file in the output folder and moved into pl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from bayesbench.errors import StoreError
+from bayesbench.errors import OutputPathError, StoreError
 from bayesbench.metrics import METRICS
 from bayesbench.report.aggregate import OOD_MEAN, SHIFT_MEAN, aggregate, select_runs
 from bayesbench.report.figures import reliability_png
@@ -109,8 +111,77 @@ def format_cell(mean: float, std: float, n: int, metric: str) -> str:
     return f"{text} ± {format_value(std, metric)}"
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+MAX_NAME_PART = 80
+"""Longest label or dataset name used as is in a file name (file systems allow 255 bytes)."""
+
+
+def _short_hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def safe_file_name(name: str) -> str:
+    """A file-name part for ``name``: ``name`` itself when it is made of ``A-Za-z0-9_.-``
+    only and at most :data:`MAX_NAME_PART` characters (so existing report names stay), else
+    its slug (other characters as ``_``, cut to 60) + ``-`` + 8 hex digits of its SHA-256, so
+    ``a b`` and ``a_b`` never share a file."""
+    slug = _UNSAFE.sub("_", name)
+    if slug == name and 0 < len(name) <= MAX_NAME_PART:
+        return name
+    return f"{slug[:60]}-{_short_hash(name)}"
+
+
+_safe_name = safe_file_name  # the name other modules import
+
+
+def unique_file_names(keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    """One file-name stem per key (e.g. ``(dataset,)`` or ``(dataset, group)``): the parts'
+    :func:`safe_file_name` joined by ``_``, plus a hash of the key where two keys would
+    otherwise share a stem, also ignoring case (``("a_b", "c")`` vs ``("a", "b_c")``, or
+    ``Digits`` vs ``digits`` on macOS and Windows)."""
+    stems = {key: "_".join(safe_file_name(part) for part in key) for key in dict.fromkeys(keys)}
+    by_stem: dict[str, list[Hashable]] = defaultdict(list)
+    for key, stem in stems.items():
+        by_stem[stem.lower()].append(key)
+    return {key: stem if len(by_stem[stem.lower()]) == 1 else f"{stem}-{_short_hash(*key)}"
+            for key, stem in stems.items()}
+
+
+def check_output_folder(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Raise :class:`OutputPathError` (naming ``what``) unless ``path`` is a folder, or can be
+    made one, that this process may write; call it before writing anything."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{what} {p}: is an existing file, not a folder; give a folder "
+                              "path (it is created if missing)")
+    _check_writable_parent(p, what)
+    return p
+
+
+def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Raise :class:`OutputPathError` unless ``path`` can be written as a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputPathError(f"{what} {p}: is a folder; give a file path, e.g. "
+                              f"{p / 'baseline.csv'}")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise OutputPathError(f"{what} {p}: the file is not writable; check its permissions")
+    _check_writable_parent(p.parent, what, shown=p)
+    return p
+
+
+def _check_writable_parent(folder: Path, what: str, shown: Path | None = None) -> None:
+    """The nearest existing folder at or above ``folder`` must be a writable folder."""
+    shown = shown if shown is not None else folder
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{what} {shown}: '{existing}' is a file, so no folder can be "
+                              "made there; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {shown}: the folder '{existing}' is not writable; "
+                              "choose another path or fix its permissions")
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -283,9 +354,9 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
     runs are never mixed. Returns the written paths. Raises :class:`StoreError` when the store
     holds no complete run of that mode.
     """
+    out_dir = check_output_folder(out_dir, "report folder")
     if not isinstance(store, ResultStore):
         store = ResultStore.open_existing(store)
-    out_dir = Path(out_dir)
     tidy, quick = select_runs(store.metrics_frame(), quick)
     all_runs = [r for r in store.results() if r.quick == quick]
     complete = [r for r in all_runs if r.status == "complete"]
@@ -300,6 +371,7 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
     ]
 
     datasets = sorted(agg["dataset"].unique())
+    stems = unique_file_names([(d,) for d in datasets])
     mode = ("quick runs (smoke-test settings: not comparable with full runs)" if quick
             else "full runs")
     commits = sorted({r.git_commit for r in complete if r.git_commit})
@@ -317,7 +389,7 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
         labels = sorted(agg_ds["label"].unique())
         runs_ds = [r for r in complete if r.dataset == dataset]
         by_label = {lab: [r for r in runs_ds if r.label == lab] for lab in labels}
-        png = out_dir / f"reliability_{_safe_name(dataset)}.png"
+        png = out_dir / f"reliability_{stems[(dataset,)]}.png"
         written.append(atomic_write(png, reliability_png(dataset, by_label)))
         md += [f"## {dataset}", "", _binning_line(runs_ds), "",
                metric_table(agg_ds, labels, MAIN_COLUMNS), ""]

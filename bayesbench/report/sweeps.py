@@ -147,7 +147,7 @@ def sweep_png(dataset: str, group: str, summary: pd.DataFrame,
 def write_sweeps(runs: Sequence[RunResult], out_dir: str | Path) -> tuple[list[Path], list[str]]:
     """Write ``sweep_<dataset>_<group>.png`` for every swept group of ``runs`` (complete runs
     of one mode); returns (written paths, the "Sweeps" Markdown lines, empty without sweeps)."""
-    from bayesbench.report.leaderboard import _safe_name, atomic_write
+    from bayesbench.report.leaderboard import atomic_write, unique_file_names
 
     summary = sweep_summary(runs)
     if summary.empty:
@@ -157,8 +157,10 @@ def write_sweeps(runs: Sequence[RunResult], out_dir: str | Path) -> tuple[list[P
     md = ["## Sweeps", "",
           "Test metrics of each swept method group against its swept parameters "
           f"(mean ± std over seeds; dashed line: {REFERENCE_METHOD}).", ""]
-    for (dataset, group), part in summary.groupby(["dataset", "group"], sort=True):
-        png = out_dir / f"sweep_{_safe_name(dataset)}_{_safe_name(group)}.png"
+    parts = list(summary.groupby(["dataset", "group"], sort=True))
+    stems = unique_file_names([(str(d), str(g)) for (d, g), _ in parts])
+    for (dataset, group), part in parts:
+        png = out_dir / f"sweep_{stems[(str(dataset), str(group))]}.png"
         paths.append(atomic_write(png, sweep_png(dataset, group, part,
                                                  reference_means(runs, dataset))))
         md += [f"### {group} on {dataset}", ""]
