@@ -1,6 +1,10 @@
-"""Regression gate: baseline round trip, direction-aware verdicts, tolerances, bad baselines."""
+"""Regression gate: baseline round trip, direction-aware verdicts, tolerances, bad baselines,
+failed reruns, the kind (quick / full), seeds and binning a baseline was written from."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import pandas as pd
 import pytest
@@ -12,8 +16,10 @@ from bayesbench.report import (
     aggregate_store,
     check_against_baseline,
     load_baseline,
+    select_runs,
     write_baseline,
 )
+from bayesbench.report.aggregate import latest_runs
 from bayesbench.store import ResultStore
 
 
@@ -49,7 +55,8 @@ def _status(result, method, split, metric):
 def test_baseline_holds_gated_metrics_on_summary_splits_only(baseline):
     frame = load_baseline(baseline)
     assert list(pd.read_csv(baseline).columns) == [
-        "method", "dataset", "split", "metric", "value", "higher_is_better", "tolerance"]
+        "method", "dataset", "split", "metric", "value", "higher_is_better", "tolerance",
+        "quick", "seeds", "ece_bins", "config_hash"]
     assert set(frame["split"]) == {"test", "shift_mean", "ood_mean"}
     assert all(METRICS[m].gated for m in frame["metric"])
     assert "mean_entropy" not in set(frame["metric"])
@@ -152,3 +159,249 @@ def test_malformed_baselines_raise_baseline_error(tmp_path, content, message):
     with pytest.raises(BaselineError, match=message) as info:
         load_baseline(path)
     assert "bad.csv" in str(info.value)
+
+
+# -- which runs the gate reads: provenance, failed reruns, kinds, seeds -----------------------
+
+BASELINE_ROWS_PER_PAIR = 7 + 7 + 9  # gated test + shift_mean + ood_mean metrics of a pair
+
+
+def _run(label, seed, acc, ece=0.05, *, finished="2025-01-01T00:01:00", key=None, quick=False,
+         status="complete", error=None, config_hash="cfg123", ece_bins=5):
+    """fake_result under its own key and finishing time, as a rerun under new settings is."""
+    run = fake_result(label, "toy", seed, acc, ece, quick=quick, status=status, error=error)
+    return dataclasses.replace(
+        run, key=key or run.key, finished_at=finished, config_hash=config_hash,
+        spec={**run.spec, "evaluation": {"ece_bins": ece_bins}})
+
+
+def _store(path, runs):
+    store = ResultStore(path)
+    for run in runs:
+        store.write(run)
+    return store
+
+
+def _old_format(path):
+    """The baseline as written before it recorded its kind and seeds."""
+    pd.read_csv(path, dtype=str, keep_default_na=False)[
+        ["method", "dataset", "split", "metric", "value", "higher_is_better", "tolerance"]
+    ].to_csv(path, index=False)
+    return path
+
+
+def test_baseline_records_kind_seeds_binning_and_settings(store, baseline, tmp_path):
+    raw = pd.read_csv(baseline, dtype=str, keep_default_na=False)
+    assert set(raw["quick"]) == {"False"} and set(raw["seeds"]) == {"0 1 2"}
+    assert set(raw["ece_bins"]) == {"5"} and set(raw["config_hash"]) == {"cfg123"}
+    line = next(x for x in baseline.read_text().splitlines() if x.startswith("map,toy,test,ece,"))
+    assert line.split(",")[5:] == ["False", "0.02", "False", "0 1 2", "5", "cfg123"]
+    frame = load_baseline(baseline)
+    assert frame["seeds"].iloc[0] == (0, 1, 2) and frame["quick"].iloc[0] is False
+    quick = _store(tmp_path / "q.sqlite", [_run("map", 0, 0.9, quick=True)])
+    raw = pd.read_csv(write_baseline(quick, tmp_path / "q.csv"), dtype=str)
+    assert set(raw["quick"]) == {"True"} and set(raw["seeds"]) == {"0"}
+    # aggregates know their kind but not their seeds, nor the runs' settings
+    raw = pd.read_csv(write_baseline(aggregate_store(store), tmp_path / "a.csv"), dtype=str,
+                      keep_default_na=False)
+    assert set(raw["quick"]) == {"False"} and set(raw["seeds"]) == {""}
+    assert set(raw["ece_bins"]) == {""}
+
+
+def test_a_complete_run_superseded_by_a_failed_rerun_fails_the_gate(store, baseline):
+    # map seed 1 rerun under a new key (a method version bump), one minute later: it failed
+    store.write(_run("map", 1, 0.0, key="map-toy-1-v2", finished="2025-01-01T00:02:00",
+                     status="failed", error="ValueError: NaN loss (at mfvi.py:12)"))
+    # the report still averages the older complete run of seed 1 ...
+    agg = aggregate_store(store)
+    acc = agg[(agg.label == "map") & (agg.split == "test") & (agg.metric == "accuracy")]
+    assert acc["n"].item() == 3 and acc["mean"].item() == pytest.approx(0.91)
+    # ... but the gate does not gate on it
+    result = check_against_baseline(store, baseline)
+    assert result.exit_code == 1
+    assert len(result.failed) == BASELINE_ROWS_PER_PAIR
+    assert {r.method for r in result.failed} == {"map"}
+    assert {r.status for r in result.rows if r.method == "vi"} == {"ok"}
+    row = _status(result, "map", "test", "accuracy")
+    assert math.isnan(row.current) and math.isnan(row.delta) and row.baseline == 0.91
+    assert row.detail == ("seed 1: run map-toy-1-v2, finished 2025-01-01T00:02:00 failed: "
+                          "ValueError: NaN loss (at mfvi.py:12)")
+    assert result.summary() == "FAIL: 23 ok, 0 improved, 0 regressed, 0 missing, 23 failed"
+    # the failed run rerun to completion (same key, later): gated again, on its numbers
+    store.write(_run("map", 1, 0.97, 0.10, key="map-toy-1-v2", finished="2025-01-01T00:03:00"))
+    row = _status(check_against_baseline(store, baseline), "map", "test", "accuracy")
+    assert (row.status, row.current) == ("ok", pytest.approx((0.90 + 0.97 + 0.92) / 3))
+
+
+def test_latest_is_the_last_finished_run_ties_by_key(store, baseline):
+    # same second as the complete run "map-toy-1-f": the greater key is the later run
+    store.write(_run("map", 1, 0.0, key="map-toy-1-a", status="failed", error="boom"))
+    assert check_against_baseline(store, baseline).exit_code == 0
+    store.write(_run("map", 1, 0.0, key="map-toy-1-g", status="failed", error="boom"))
+    assert check_against_baseline(store, baseline).exit_code == 1
+    frame = pd.DataFrame({"key": ["b", "a", "c", "d"], "label": "m", "dataset": "t",
+                          "seed": [0, 0, 1, 1],
+                          "finished_at": ["2025-01-01T00:00:01", "2025-01-01T00:00:01",
+                                          None, "2025-01-01T00:00:00"]})
+    assert sorted(latest_runs(frame)["key"]) == ["b", "d"]  # no finishing time = oldest
+    assert sorted(select_runs(frame.assign(quick=False), False)[0]["key"]) == ["b", "d"]
+
+
+def test_every_run_failed_is_exit_1_not_a_store_error(store, baseline, tmp_path):
+    for label in ("map", "vi"):
+        for seed in range(3):
+            store.write(_run(label, seed, 0.0, key=f"{label}-{seed}-v2", status="failed",
+                             finished="2025-01-02T00:00:00", error="RuntimeError: oom"))
+    result = check_against_baseline(store, baseline)
+    assert result.exit_code == 1 and len(result.failed) == len(result.rows) == 46
+    assert result.rows[0].detail.count("RuntimeError: oom") == 3  # one per seed
+
+
+def test_failed_run_of_the_other_kind_is_not_counted(store, baseline):
+    store.write(_run("map", 1, 0.0, key="map-q", quick=True, finished="2025-01-02T00:00:00",
+                     status="failed", error="boom"))
+    assert check_against_baseline(store, baseline).exit_code == 0
+
+
+def test_kind_is_read_from_the_baseline(tmp_path):
+    full = [_run(m, s, a) for m, a in (("map", 0.9), ("vi", 0.8)) for s in range(3)]
+    store = _store(tmp_path / "r.sqlite", full)
+    full_base = write_baseline(store, tmp_path / "full.csv")
+    store.write(_run("map", 0, 0.5, quick=True))
+    store.write(_run("vi", 0, 0.4, quick=True))
+    quick_base = write_baseline(store, tmp_path / "quick.csv", quick=True)
+    # no flag: each baseline is checked against its own kind, although full runs exist
+    assert check_against_baseline(store, quick_base).quick is True
+    assert check_against_baseline(store, quick_base).exit_code == 0
+    assert check_against_baseline(store, full_base).quick is False
+    with pytest.raises(BaselineError) as info:
+        check_against_baseline(store, quick_base, quick=False)
+    assert str(info.value) == (
+        f"baseline {quick_base} was written from quick runs (seeds 0), but full runs were "
+        "asked for (--full): pass --quick (or neither flag, to follow the baseline), or write "
+        f"a full baseline with `bayesbench report --full --write-baseline {quick_base}`")
+    with pytest.raises(BaselineError, match="from full runs .seeds 0, 1, 2., but quick runs"):
+        check_against_baseline(store, full_base, quick=True)
+    with pytest.raises(BaselineError, match="hold full runs: pass quick aggregates"):
+        check_against_baseline(aggregate_store(store, quick=False), quick_base)
+
+
+def test_old_format_baseline_still_loads_and_says_its_kind_is_unknown(store, baseline):
+    frame = load_baseline(_old_format(baseline))
+    assert frame["quick"].isna().all() and frame["seeds"].isna().all()
+    result = check_against_baseline(store, baseline)
+    assert result.exit_code == 0 and result.quick is False
+    assert {r.status for r in result.rows} == {"ok"}
+    assert result.notes == [
+        f"baseline {baseline} does not record whether it was written from quick or full runs "
+        "(an older format): checked against the full runs, the default; pass --quick/--full "
+        "to choose, or write it again with `bayesbench report --full --write-baseline "
+        f"{baseline}` to record its kind and seeds"]
+    assert "as --full asks; write it again" in check_against_baseline(
+        store, baseline, quick=False).notes[0]
+    # failures are still seen
+    store.write(_run("vi", 2, 0.0, key="vi-v2", finished="2025-01-02T00:00:00",
+                     status="failed", error="boom"))
+    assert {r.method for r in check_against_baseline(store, baseline).failed} == {"vi"}
+
+
+def test_baseline_over_seeds_the_store_lacks_is_not_like_for_like(baseline, tmp_path):
+    one_seed = _store(tmp_path / "one.sqlite", [_run("map", 0, 0.9), _run("vi", 0, 0.8)])
+    with pytest.raises(BaselineError) as info:
+        check_against_baseline(one_seed, baseline)
+    assert str(info.value) == (
+        f"baseline {baseline} was written from full runs (seeds 0, 1, 2), but store "
+        f"{one_seed.path} has full runs for seeds 0 only (none for 1, 2): means over other "
+        "seeds are not like for like; run them (`bayesbench run --seeds 0,1,2`), or write a "
+        f"baseline from the seeds you run (`bayesbench report --full --write-baseline "
+        f"{baseline}`)")
+
+
+def test_current_means_are_taken_over_the_baseline_seeds_only(store, tmp_path):
+    seed0 = _store(tmp_path / "seed0.sqlite",
+                   [fake_result("map", "toy", 0, 0.90, 0.10), fake_result("vi", "toy", 0, 0.80,
+                                                                          0.03)])
+    base = write_baseline(seed0, tmp_path / "seed0.csv")
+    result = check_against_baseline(store, base)  # the store has seeds 0, 1, 2
+    row = _status(result, "map", "test", "accuracy")
+    assert (row.current, row.delta, row.status) == (0.90, 0.0, "ok")  # not the mean 0.91
+    assert result.exit_code == 0
+    assert result.notes == [f"store {store.path} also has full runs for seed(s) 1, 2, which "
+                            f"baseline {base} does not average: current means are taken over "
+                            "the baseline's seeds 0 only"]
+    # a failure in a seed outside the baseline's still fails its (method, dataset)
+    store.write(_run("vi", 2, 0.0, key="vi-v2", finished="2025-01-02T00:00:00",
+                     status="failed", error="boom"))
+    assert {r.method for r in check_against_baseline(store, base).failed} == {"vi"}
+
+
+def test_a_method_lacking_a_baseline_seed_is_missing(baseline, tmp_path):
+    runs = [_run("vi", s, 0.80 + 0.01 * s, 0.03) for s in range(3)]
+    runs += [_run("map", s, 0.90 + 0.01 * s, 0.10) for s in range(2)]
+    result = check_against_baseline(_store(tmp_path / "r.sqlite", runs), baseline)
+    assert result.exit_code == 1 and {r.method for r in result.missing} == {"map"}
+    assert len(result.missing) == BASELINE_ROWS_PER_PAIR
+    assert result.missing[0].detail == "no complete run for seed(s) 2"
+
+
+def test_other_ece_binning_is_bad_input_other_settings_a_note(baseline, tmp_path):
+    runs = [_run(m, s, a + 0.01 * s, e, ece_bins=15, config_hash="cfg999")
+            for m, a, e in (("map", 0.90, 0.10), ("vi", 0.80, 0.03)) for s in range(3)]
+    with pytest.raises(BaselineError) as info:
+        check_against_baseline(_store(tmp_path / "bins.sqlite", runs), baseline)
+    assert str(info.value) == (
+        f"baseline {baseline} holds ECE over 5 bins but the full runs of map on toy (and 1 "
+        "more) use 15 (evaluation.ece_bins): ece, mce and adaptive_ece are not comparable; "
+        "evaluate with evaluation.ece_bins: 5, or write a full baseline with `bayesbench "
+        f"report --full --write-baseline {baseline}`")
+    runs = [dataclasses.replace(r, spec={**r.spec, "evaluation": {"ece_bins": 5}})
+            for r in runs]
+    result = check_against_baseline(_store(tmp_path / "cfg.sqlite", runs), baseline)
+    assert result.exit_code == 0
+    assert result.notes == ["settings changed since the baseline for 2 (method, dataset) "
+                            "pair(s), e.g. map on toy (config cfg123 → cfg999): a setting or "
+                            "a method version changed; gated all the same"]
+
+
+_HEADER = "method,dataset,split,metric,value,higher_is_better,tolerance,quick,seeds"
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("map,toy,test,ece,0.1,False,0.02,maybe,0", "quick 'maybe' is not a boolean"),
+    ("map,toy,test,ece,0.1,False,0.02,True,a", "seeds 'a' are not integers"),
+    ("map,toy,test,ece,0.1,False,0.02,True,0\nmap,toy,test,nll,0.1,False,0.02,False,0",
+     r"mixes quick and full rows \(quick on lines 2\)"),
+    ("map,toy,test,ece,0.1,False,0.02,True,0 1\nmap,toy,test,nll,0.1,False,0.02,True,0",
+     r"row 2 \(line 3\) gives map on toy other seeds"),
+])
+def test_malformed_provenance_raises_baseline_error(tmp_path, rows, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"{_HEADER}\n{rows}\n")
+    with pytest.raises(BaselineError, match=message):
+        load_baseline(path)
+
+
+def test_cli_failed_run_and_kind_mismatch(store, baseline, tmp_path, run_cli):
+    store.write(_run("map", 1, 0.0, key="map-toy-1-v2", finished="2025-01-01T00:02:00",
+                     status="failed", error="ValueError: NaN loss [epoch 3]"))
+    failed = run_cli("check", "--baseline", str(baseline), "--store", str(store.path))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert ("failed: map on toy: seed 1: run map-toy-1-v2, finished 2025-01-01T00:02:00 "
+            "failed: ValueError: NaN loss [epoch 3]") in failed.stdout
+    assert "46 checked, 0 regressed, 0 missing, 23 failed" in failed.stdout
+    assert "(full runs)" in failed.stdout
+
+    quick = _store(tmp_path / "q.sqlite", [_run("map", 0, 0.9, quick=True),
+                                           _run("vi", 0, 0.8, quick=True)])
+    quick_base = write_baseline(quick, tmp_path / "quick.csv")
+    # a quick baseline against a store of full runs only, no flag given
+    wrong = run_cli("check", "--baseline", str(quick_base), "--store", str(store.path))
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    message = " ".join(wrong.stderr.split())
+    assert (f"error: baseline {quick_base} was written from quick runs (seeds 0), but store "
+            f"{store.path} has no quick runs (it has 7 full runs over seeds 0, 1, 2): run "
+            "`bayesbench run --quick` first, or write a full baseline with `bayesbench report "
+            f"--full --write-baseline {quick_base}`") in message
+    flag = run_cli("check", "--baseline", str(quick_base), "--store", str(quick.path), "--full")
+    assert flag.returncode == 2
+    assert "but full runs were asked for (--full): pass --quick" in " ".join(flag.stderr.split())

@@ -36,20 +36,38 @@ AGGREGATE_COLUMNS = ["label", "method", "dataset", "quick", "split", "metric", "
 _SHIFT_RE = r"^shift/(?P<kind>[^/]+)/(?P<severity>\d+)$"
 
 
+RUN_IDENTITY = ["label", "dataset", "seed"]
+
+
+def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, dataset, seed) of ``runs`` (a frame with key, label, dataset, seed,
+    finished_at, one row per run): the latest run.
+
+    "Latest" means the greatest ``finished_at`` (ISO-8601 UTC text, so text order is time
+    order; a run without one counts as the oldest); runs that finished in the same second are
+    ordered by ``key``, the greater key counting as the later, so the choice never depends on
+    row order. Used by :func:`select_runs` and by the regression gate, so both mean the same.
+    """
+    if runs.empty:
+        return runs.copy()
+    finished = runs["finished_at"].fillna("").astype(str).rename("_finished")
+    order = pd.concat([runs, finished], axis=1).sort_values(["_finished", "key"], kind="stable")
+    return order.drop_duplicates(RUN_IDENTITY, keep="last").drop(columns="_finished")
+
+
 def select_runs(tidy: pd.DataFrame, quick: bool | None = None) -> tuple[pd.DataFrame, bool]:
     """Keep only quick or only full runs; returns (rows, quick flag used).
 
     ``quick=None`` picks full runs when any exist, else quick runs. When the store holds
     several runs of one (label, dataset, seed) — the same label run under changed settings,
-    each stored under its own hash — only the most recently finished one counts, so a report
-    never averages two configurations under one name.
+    each stored under its own hash — only the latest one counts (:func:`latest_runs`), so a
+    report never averages two configurations under one name.
     """
     if quick is None:
         quick = not bool((~tidy["quick"].astype(bool)).any()) if len(tidy) else False
     tidy = tidy[tidy["quick"].astype(bool) == bool(quick)]
     if "finished_at" in tidy.columns and len(tidy):
-        runs = tidy.drop_duplicates("key").sort_values("finished_at")
-        latest = runs.drop_duplicates(["label", "dataset", "seed"], keep="last")["key"]
+        latest = latest_runs(tidy.drop_duplicates("key"))["key"]
         tidy = tidy[tidy["key"].isin(set(latest))]
     return tidy.copy(), bool(quick)
 

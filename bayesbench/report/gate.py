@@ -1,20 +1,55 @@
 """Regression gate: compare current aggregates against a baseline CSV, direction-aware.
 
-Baseline CSV columns: ``method,dataset,split,metric,value,higher_is_better,tolerance``.
-``method`` holds the method *label* (the name a run is reported under), ``value`` the mean over
-seeds. Only gated metrics (``MetricInfo.gated``) on the splits ``test``, ``shift_mean`` and
-``ood_mean`` are written, which keeps the file small and meaningful.
+The baseline
+------------
+Columns ``method,dataset,split,metric,value,higher_is_better,tolerance``, then
+``quick,seeds,ece_bins,config_hash``. ``method`` holds the method *label* (the name a run is
+reported under), ``value`` the mean over seeds. Only gated metrics (``MetricInfo.gated``) on
+the splits ``test``, ``shift_mean`` and ``ood_mean`` are written, which keeps the file small
+and meaningful. The last four columns say which runs a (method, dataset)'s values came from:
 
+* ``quick`` – ``True`` for quick-budget runs, ``False`` for full runs (one kind per file);
+* ``seeds`` – the base seeds averaged, space-separated (``0 1 2``);
+* ``ece_bins`` – those runs' ``evaluation.ece_bins``;
+* ``config_hash`` – those runs' :attr:`RunSpec.config_hash` (every setting but the seed).
+
+A cell is empty where the source did not know it (a baseline written from aggregates has no
+seeds). A baseline without these columns (the older format) still loads; its kind and seeds
+are then unknown, and the gate says so.
+
+Which runs are checked
+----------------------
+* **Kind.** The baseline's: ``quick=True/False`` (``--quick/--full``) must agree with it, else
+  :class:`BaselineError` (exit 2). For an older baseline, ``quick`` or, by default, full runs
+  when the store has any.
+* **Latest run.** Per (label, dataset, seed) of that kind, the latest stored run, complete or
+  failed (:func:`bayesbench.report.aggregate.latest_runs`: greatest ``finished_at``, ties by
+  the greater key), so a failed rerun under a new key (a method version bump, a changed
+  setting) is never hidden by the older complete run it superseded.
+* **Seeds.** Every seed the baseline averaged must have runs of that kind in the store, else
+  :class:`BaselineError` (exit 2): a mean over seeds {0, 1, 2} against one over {0} is not
+  like for like. Current means are taken over the baseline's seeds of each (method, dataset)
+  only; further seeds in the store are left out, with a note. An older baseline is compared
+  with the mean over every seed.
+* **Binning.** Runs whose ``ece_bins`` differ from the baseline's make the binned metrics
+  (ece, mce, adaptive_ece) incomparable: :class:`BaselineError` (exit 2). A different
+  ``config_hash`` is only noted: a changed setting or method version is what the gate is for.
+
+Verdicts
+--------
 A current mean ``c`` against a baseline ``b`` with tolerance ``t`` and ``better = c - b`` for
 higher-is-better metrics (``b - c`` otherwise):
 
-* ``regressed`` if ``better < -t``; ``improved`` if ``better > t``; else ``ok``;
-* ``missing`` if the current results have no (finite) value for the baseline row.
+* ``failed`` if the latest run of any seed of the row's (method, dataset) failed; the error is
+  in the row's ``detail``;
+* ``missing`` if a baseline seed has no complete run or there is no (finite) current value;
+* ``regressed`` if ``better < -t``; ``improved`` if ``better > t``; else ``ok``.
 
-Both ``regressed`` and ``missing`` fail the gate (exit code 1): a method or metric that
-silently disappears must not pass CI. Rows in the current results without a baseline row are
-ignored. Tolerance precedence: an override by metric name > the row's ``tolerance`` column
-(when not empty) > the metric's default in :data:`bayesbench.metrics.METRICS`.
+``failed``, ``missing`` and ``regressed`` fail the gate (exit code 1): a method or metric that
+breaks or silently disappears must not pass CI. Rows in the current results without a
+baseline row are ignored. Tolerance precedence: an override by metric name > the row's
+``tolerance`` column (when not empty) > the metric's default in
+:data:`bayesbench.metrics.METRICS`.
 """
 
 from __future__ import annotations
@@ -22,20 +57,23 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
-from bayesbench.errors import BaselineError, ConfigError, UnknownNameError
+from bayesbench.errors import BaselineError, ConfigError, StoreError, UnknownNameError
 from bayesbench.metrics import METRICS
 from bayesbench.report.aggregate import (
+    AGGREGATE_COLUMNS,
     OOD_MEAN,
     SHIFT_MEAN,
     TIDY_COLUMNS,
     aggregate,
-    aggregate_store,
+    latest_runs,
     select_runs,
 )
 from bayesbench.report.leaderboard import atomic_write
@@ -44,46 +82,170 @@ from bayesbench.store import ResultStore
 
 BASELINE_COLUMNS = ["method", "dataset", "split", "metric", "value", "higher_is_better",
                     "tolerance"]
+# Where the values came from; optional on reading (older baselines lack them).
+PROVENANCE_COLUMNS = ["quick", "seeds", "ece_bins", "config_hash"]
 GATED_SPLITS = (TEST_SPLIT, SHIFT_MEAN, OOD_MEAN)
+BINNED_METRICS = frozenset({"ece", "mce", "adaptive_ece"})
 _KEY = ["method", "dataset", "split", "metric"]
+_PAIR = ["method", "dataset"]
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 _HOW_TO_WRITE = ("write one from results you trust with "
                  "`bayesbench report --write-baseline PATH`")
 
-GateStatus = Literal["ok", "regressed", "improved", "missing"]
+GateStatus = Literal["ok", "regressed", "improved", "missing", "failed"]
+_FAILING = ("regressed", "missing", "failed")
 
 
-def _as_aggregates(source: ResultStore | pd.DataFrame | str | os.PathLike[str],
-                   quick: bool | None) -> pd.DataFrame:
-    """Aggregates from a store, a store path, a tidy metrics frame or aggregates."""
+def _kind(quick: bool) -> str:
+    return "quick" if quick else "full"
+
+
+def _flag(quick: bool) -> str:
+    return "--quick" if quick else "--full"
+
+
+def _listed(values: Any, sep: str = ", ") -> str:
+    return sep.join(str(v) for v in sorted(values))
+
+
+# -- the current results: one kind of runs from a store, a tidy frame or aggregates ------------
+
+
+@dataclass
+class _Current:
+    """The runs the gate reads. ``tidy`` is None when aggregates were given; ``runs`` (the
+    latest run per (label, dataset, seed), complete or failed) only comes from a store."""
+
+    quick: bool
+    where: str
+    tidy: pd.DataFrame | None = None
+    agg: pd.DataFrame | None = None
+    runs: pd.DataFrame | None = None
+    all_runs: pd.DataFrame | None = None  # every stored run, both kinds (for messages)
+    ece_bins: dict[str, Any] = field(default_factory=dict)  # config_hash -> ece_bins
+
+    @property
+    def seeds(self) -> set[int] | None:
+        """Seeds with a run of this kind (failed ones included), None when unknown."""
+        if self.runs is not None:
+            return {int(s) for s in self.runs["seed"]}
+        return None if self.tidy is None else {int(s) for s in self.tidy["seed"]}
+
+    def has(self) -> str:
+        """What the source holds, e.g. '4 full runs over seeds 0, 1'."""
+        frame = self.all_runs if self.all_runs is not None else self.tidy
+        if frame is None or frame.empty:
+            return "no runs"
+        runs = frame.drop_duplicates("key")
+        parts = []
+        for quick in (False, True):
+            sub = runs[runs["quick"].astype(bool) == quick]
+            if len(sub):
+                parts.append(f"{len(sub)} {_kind(quick)} run{'s' * (len(sub) != 1)} over "
+                             f"seeds {_listed(set(sub['seed']))}")
+        return " and ".join(parts)
+
+
+def _default_kind(metrics: pd.DataFrame, runs: pd.DataFrame) -> bool:
+    """The report's default: full runs when any complete one exists, else quick; with no
+    complete run at all, the same rule over the stored (failed) runs."""
+    frame = metrics if len(metrics) else runs
+    return not bool((~frame["quick"].astype(bool)).any()) if len(frame) else False
+
+
+def _ece_bins_by_config(store: ResultStore, runs: pd.DataFrame) -> dict[str, Any]:
+    """``evaluation.ece_bins`` per config hash, read from one stored spec per hash (the hash
+    covers every setting but the seed, so one spec speaks for all its runs)."""
+    out: dict[str, Any] = {}
+    for config_hash, key in runs.drop_duplicates("config_hash")[["config_hash", "key"]] \
+            .itertuples(index=False):
+        run = store.get(key)
+        evaluation = ((run.spec if run else None) or {}).get("evaluation") or {}
+        out[config_hash] = evaluation.get("ece_bins")
+    return out
+
+
+def _load_current(source: ResultStore | pd.DataFrame | str | os.PathLike[str],
+                  quick: bool | None) -> _Current:
+    """The current results of one kind (``quick=None``: the report's default)."""
     if isinstance(source, pd.DataFrame):
         if {"mean", "n"} <= set(source.columns):
-            return source
+            # aggregate() holds one kind; the caller checks it against the one wanted
+            kinds = {bool(q) for q in source["quick"]} if "quick" in source.columns else set()
+            used = kinds.pop() if len(kinds) == 1 else bool(quick)
+            agg = source[source["quick"].astype(bool) == used] if kinds else source
+            return _Current(used, "the given aggregates", agg=agg)
         if set(TIDY_COLUMNS) <= set(source.columns):
-            return aggregate(select_runs(source, quick)[0])
+            tidy, used = select_runs(source, quick)
+            return _Current(used, "the given results", tidy=tidy, all_runs=source)
         raise TypeError("expected aggregates or a tidy metrics frame")
     store = source if isinstance(source, ResultStore) else ResultStore.open_existing(source)
-    return aggregate_store(store, quick)
+    metrics, all_runs = store.metrics_frame(), store.runs_frame()
+    used = _default_kind(metrics, all_runs) if quick is None else bool(quick)
+    tidy, used = select_runs(metrics, used)
+    runs = latest_runs(all_runs[all_runs["quick"] == used])
+    # config hash of every run we may read values from (tidy may hold a superseded run)
+    read = all_runs[all_runs["key"].isin(set(runs["key"]) | set(tidy["key"]))]
+    return _Current(used, f"store {store.path}", tidy=tidy, runs=runs, all_runs=all_runs,
+                    ece_bins=_ece_bins_by_config(store, read))
+
+
+def _no_runs_error(current: _Current) -> StoreError:
+    mode = _kind(current.quick)
+    other = " (or choose the other run mode)" if current.has() != "no runs" else ""
+    return StoreError(f"no complete {mode} runs in {current.where.removeprefix('store ')}: "
+                      f"run `bayesbench run` first{other}")
+
+
+def _aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
+    return aggregate(tidy) if len(tidy) else pd.DataFrame(columns=AGGREGATE_COLUMNS)
 
 
 # -- writing and reading the baseline --------------------------------------------------------
 
 
+def _joined(values: Any) -> str:
+    """Sorted distinct values, space-separated; empty when there are none."""
+    return " ".join(str(v) for v in sorted({v for v in values if v is not None}))
+
+
 def baseline_frame(aggregates_or_store: ResultStore | pd.DataFrame | str | os.PathLike[str],
                    quick: bool | None = None) -> pd.DataFrame:
-    """The baseline rows (BASELINE_COLUMNS) for gated metrics on the gated splits."""
-    agg = _as_aggregates(aggregates_or_store, quick)
+    """The baseline rows (BASELINE_COLUMNS + PROVENANCE_COLUMNS) for gated metrics on the
+    gated splits; the provenance columns are empty where the source does not know them."""
+    current = _load_current(aggregates_or_store, quick)
+    if current.tidy is not None and current.tidy.empty:
+        raise _no_runs_error(current)
+    agg = current.agg if current.tidy is None else aggregate(current.tidy)
     gated = {name for name, info in METRICS.items() if info.gated}
     rows = agg[agg["split"].isin(GATED_SPLITS) & agg["metric"].isin(gated) & agg["mean"].notna()]
+    pairs = list(zip(rows["label"].astype(str), rows["dataset"].astype(str)))
+    seeds: dict[tuple[str, str], str] = {}
+    hashes: dict[tuple[str, str], str] = {}
+    bins: dict[tuple[str, str], str] = {}
+    if current.tidy is not None:
+        runs = current.tidy.drop_duplicates("key")
+        if current.all_runs is not None and "config_hash" in current.all_runs.columns:
+            runs = runs.merge(current.all_runs[["key", "config_hash"]], on="key", how="left")
+        for (label, dataset), group in runs.groupby(["label", "dataset"]):
+            pair = (str(label), str(dataset))
+            seeds[pair] = _joined(int(s) for s in group["seed"])
+            if "config_hash" in group.columns:
+                hashes[pair] = _joined(group["config_hash"].dropna())
+                bins[pair] = _joined(current.ece_bins.get(h) for h in group["config_hash"])
     out = pd.DataFrame({
-        "method": rows["label"].astype(str),
-        "dataset": rows["dataset"].astype(str),
-        "split": rows["split"],
-        "metric": rows["metric"],
-        "value": rows["mean"].astype(float),
+        "method": [p[0] for p in pairs],
+        "dataset": [p[1] for p in pairs],
+        "split": rows["split"].to_numpy(),
+        "metric": rows["metric"].to_numpy(),
+        "value": rows["mean"].astype(float).to_numpy(),
         "higher_is_better": [METRICS[m].higher_is_better for m in rows["metric"]],
         "tolerance": [METRICS[m].tolerance for m in rows["metric"]],
+        "quick": current.quick,
+        "seeds": [seeds.get(p, "") for p in pairs],
+        "ece_bins": [bins.get(p, "") for p in pairs],
+        "config_hash": [hashes.get(p, "") for p in pairs],
     })
     return out.sort_values(_KEY).reset_index(drop=True)
 
@@ -106,17 +268,70 @@ def _fail(source: str, what: str, fix: str) -> BaselineError:
     return BaselineError(f"baseline {source}: {what}: {fix}")
 
 
+def _parse_list(text: str, cast: Callable[[str], Any]) -> tuple | None:
+    """'0 1 2' (or '0,1,2', '0;1;2') -> (0, 1, 2); '' -> None (unknown)."""
+    items = [t for t in re.split(r"[\s,;]+", text) if t]
+    return tuple(sorted({cast(t) for t in items})) if items else None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _provenance(raw: pd.DataFrame, source: str) -> dict[str, list]:
+    """Typed provenance columns (None = unknown) and their consistency checks."""
+    out: dict[str, list] = {c: [] for c in PROVENANCE_COLUMNS}
+    parsers = {"seeds": (int, "integers", "0 1 2"), "ece_bins": (_positive_int,
+               "positive integers", "15"), "config_hash": (str, "", "")}
+    for i, row in enumerate(raw.itertuples(index=False)):
+        where = f"row {i + 1} (line {i + 2})"
+        text = row.quick.lower() if "quick" in raw.columns else ""
+        if text and text not in _TRUE | _FALSE:
+            raise _fail(source, f"{where}: quick '{row.quick}' is not a boolean",
+                        "write True (quick runs) or False (full runs), or leave it empty")
+        out["quick"].append(None if not text else text in _TRUE)
+        for col, (cast, what, example) in parsers.items():
+            cell = getattr(row, col) if col in raw.columns else ""
+            try:
+                out[col].append(_parse_list(cell, cast))
+            except ValueError:
+                raise _fail(source, f"{where}: {col} '{cell}' are not {what}",
+                            f"write them separated by spaces, e.g. {example}, or leave it "
+                            "empty") from None
+    kinds = {q for q in out["quick"] if q is not None}
+    if len(kinds) > 1:
+        lines = [str(i + 2) for i, q in enumerate(out["quick"]) if q is True]
+        raise _fail(source, f"it mixes quick and full rows (quick on lines "
+                    f"{', '.join(lines[:5])}{' ...' if len(lines) > 5 else ''})",
+                    "a baseline comes from one kind of runs; write it again with `bayesbench "
+                    "report --quick|--full --write-baseline PATH`")
+    seen: dict[tuple[str, str], tuple | None] = {}
+    for i, (method, dataset, seeds) in enumerate(zip(raw["method"], raw["dataset"],
+                                                     out["seeds"])):
+        if seen.setdefault((method, dataset), seeds) != seeds:
+            raise _fail(source, f"row {i + 1} (line {i + 2}) gives {method} on {dataset} "
+                        f"other seeds than an earlier row", "a (method, dataset)'s values "
+                        "come from one set of runs: give its rows the same seeds")
+    return out
+
+
 def validate_baseline(raw: pd.DataFrame, source: str = "<frame>") -> pd.DataFrame:
     """Check a baseline read with every cell as a string; returns it typed (value float,
-    higher_is_better bool, tolerance float with NaN = use the metric default)."""
+    higher_is_better bool, tolerance float with NaN = use the metric default; quick a bool
+    and seeds, ece_bins, config_hash tuples, each None where unknown). The frame's
+    ``attrs["source"]`` names where it came from."""
     missing = [c for c in BASELINE_COLUMNS if c not in raw.columns]
     if missing:
         raise _fail(source, f"missing column(s) {', '.join(missing)} "
                     f"(found: {', '.join(map(str, raw.columns)) or 'none'})",
-                    f"the header must be {','.join(BASELINE_COLUMNS)}; {_HOW_TO_WRITE}")
+                    f"the header must start {','.join(BASELINE_COLUMNS)}; {_HOW_TO_WRITE}")
     if raw.empty:
         raise _fail(source, "no rows", f"a baseline must gate something; {_HOW_TO_WRITE}")
-    raw = raw[BASELINE_COLUMNS].astype(str).apply(lambda col: col.str.strip())
+    columns = BASELINE_COLUMNS + [c for c in PROVENANCE_COLUMNS if c in raw.columns]
+    raw = raw[columns].astype(str).apply(lambda col: col.str.strip())
     values, directions, tolerances = [], [], []
     for i, row in enumerate(raw.itertuples(index=False)):
         where = f"row {i + 1} (line {i + 2})"
@@ -157,16 +372,21 @@ def validate_baseline(raw: pd.DataFrame, source: str = "<frame>") -> pd.DataFram
         values.append(value)
         directions.append(info.higher_is_better)
         tolerances.append(tol)
+    provenance = _provenance(raw, source)
     out = raw[_KEY].copy()
     out["value"] = values
     out["higher_is_better"] = directions
     out["tolerance"] = tolerances
+    for col in PROVENANCE_COLUMNS:
+        out[col] = pd.Series(provenance[col], index=out.index, dtype=object)
     dup = out.duplicated(_KEY, keep=False)
     if dup.any():
         lines = ", ".join(str(i + 2) for i in out.index[dup])
         raise _fail(source, f"duplicate rows for the same method, dataset, split and metric "
                     f"(lines {lines})", "keep one row per combination")
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    out.attrs["source"] = source
+    return out
 
 
 def load_baseline(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -184,6 +404,22 @@ def load_baseline(path: str | os.PathLike[str]) -> pd.DataFrame:
     return validate_baseline(raw, str(p))
 
 
+def _as_baseline(baseline: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
+    """A validated baseline from a path, a frame :func:`validate_baseline` returned, or a
+    frame of the CSV's columns (validated here)."""
+    if not isinstance(baseline, pd.DataFrame):
+        return load_baseline(baseline)
+    if "source" in baseline.attrs and set(PROVENANCE_COLUMNS) <= set(baseline.columns):
+        return baseline
+
+    def text(cell: Any) -> str:
+        if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+            return ""
+        return " ".join(map(str, cell)) if isinstance(cell, tuple) else str(cell)
+
+    return validate_baseline(baseline.map(text), "<frame>")
+
+
 # -- checking -----------------------------------------------------------------------------------
 
 
@@ -194,17 +430,22 @@ class GateRow:
     split: str
     metric: str
     baseline: float
-    current: float  # NaN when missing
-    delta: float  # current - baseline (raw, not direction-adjusted); NaN when missing
+    current: float  # NaN when missing or failed
+    delta: float  # current - baseline (raw, not direction-adjusted); NaN when missing or failed
     tolerance: float
     status: GateStatus
+    detail: str = ""  # why a row is failed or missing (the runs' errors, the seeds lacking)
 
 
 @dataclass
 class GateResult:
-    """Outcome of :func:`check_against_baseline`; ``missing`` rows count as failures."""
+    """Outcome of :func:`check_against_baseline`; ``failed`` and ``missing`` rows count as
+    failures. ``quick`` is the kind of runs checked, ``notes`` what the caller should know
+    about the comparison (an older baseline, seeds left out, changed settings)."""
 
     rows: list[GateRow] = field(default_factory=list)
+    quick: bool | None = None
+    notes: list[str] = field(default_factory=list)
 
     def _with(self, status: str) -> list[GateRow]:
         return [r for r in self.rows if r.status == status]
@@ -218,16 +459,21 @@ class GateResult:
         return self._with("missing")
 
     @property
+    def failed(self) -> list[GateRow]:
+        return self._with("failed")
+
+    @property
     def improvements(self) -> list[GateRow]:
         return self._with("improved")
 
     @property
     def passed(self) -> bool:
-        return not self.regressions and not self.missing
+        return not any(r.status in _FAILING for r in self.rows)
 
     @property
     def exit_code(self) -> int:
-        """0 when every baseline row is ok or improved; 1 on any regression or missing row."""
+        """0 when every baseline row is ok or improved; 1 on any regressed, missing or failed
+        row."""
         return 0 if self.passed else 1
 
     def frame(self) -> pd.DataFrame:
@@ -235,7 +481,8 @@ class GateResult:
         return pd.DataFrame([asdict(r) for r in self.rows], columns=columns)
 
     def summary(self) -> str:
-        counts = {s: len(self._with(s)) for s in ("ok", "improved", "regressed", "missing")}
+        counts = {s: len(self._with(s))
+                  for s in ("ok", "improved", "regressed", "missing", "failed")}
         verdict = "PASS" if self.passed else "FAIL"
         return f"{verdict}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
 
@@ -258,6 +505,37 @@ def _check_overrides(overrides: dict[str, float] | None) -> dict[str, float]:
     return out
 
 
+def _describe_baseline(source: str, quick: bool | None, seeds: set[int]) -> str:
+    """'baseline reports/baseline.csv was written from quick runs (seeds 0)'."""
+    kind = "runs of an unrecorded kind" if quick is None else f"{_kind(quick)} runs"
+    over = f" (seeds {_listed(seeds)})" if seeds else ""
+    return f"baseline {source} was written from {kind}{over}"
+
+
+def _write_fix(source: str, quick: bool) -> str:
+    return f"write a {_kind(quick)} baseline with `bayesbench report {_flag(quick)} " \
+           f"--write-baseline {source}`"
+
+
+def _run_cmd(quick: bool) -> str:
+    return "bayesbench run --quick" if quick else "bayesbench run"
+
+
+def _failures(runs: pd.DataFrame | None) -> dict[tuple[str, str], str]:
+    """Per (label, dataset): the errors of its seeds whose latest run failed."""
+    if runs is None:
+        return {}
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in runs[runs["status"] == "failed"].sort_values(["label", "dataset", "seed"]) \
+            .itertuples(index=False):
+        when = f", finished {r.finished_at}" if isinstance(r.finished_at, str) \
+            and r.finished_at else ""
+        error = r.error if isinstance(r.error, str) and r.error else "no error recorded"
+        out.setdefault((str(r.label), str(r.dataset)), []).append(
+            f"seed {r.seed}: run {r.key}{when} failed: {error}")
+    return {pair: "; ".join(errors) for pair, errors in out.items()}
+
+
 def check_against_baseline(
     store_or_aggregates: ResultStore | pd.DataFrame | str | os.PathLike[str],
     baseline: pd.DataFrame | str | os.PathLike[str],
@@ -266,15 +544,118 @@ def check_against_baseline(
 ) -> GateResult:
     """Compare current means with every baseline row (see the module docstring).
 
-    ``baseline`` is a path or a frame (validated either way); ``quick`` selects quick or full
-    runs when reading a store (default: full runs when any exist). A baseline row with no
-    current value is ``missing`` and fails the gate.
+    ``baseline`` is a path or a frame (validated either way). ``quick`` selects quick or full
+    runs; by default the baseline's kind (for an older baseline: full runs when the store has
+    any). A baseline of the other kind, or over seeds the store has no runs for, raises
+    :class:`BaselineError`. Failed runs are seen only when reading a store; seeds only when
+    reading a store or a tidy frame.
     """
     overrides = _check_overrides(tolerance_overrides)
-    base = (load_baseline(baseline) if not isinstance(baseline, pd.DataFrame)
-            else validate_baseline(baseline.astype(str).replace({"nan": ""}), "<frame>"))
-    agg = _as_aggregates(store_or_aggregates, quick)
-    current = {
+    base = _as_baseline(baseline)
+    source = base.attrs.get("source", "<frame>")
+    kinds = {q for q in base["quick"] if q is not None}
+    kind = kinds.pop() if kinds else None
+    base_seeds: set[int] = {s for seeds in base["seeds"] if seeds for s in seeds}
+    described = _describe_baseline(source, kind, base_seeds)
+    if kind is not None and quick is not None and bool(quick) != kind:
+        raise BaselineError(
+            f"{described}, but {_kind(quick)} runs were asked for ({_flag(quick)}): pass "
+            f"{_flag(kind)} (or neither flag, to follow the baseline), or "
+            f"{_write_fix(source, quick)}")
+    wanted = kind if quick is None else bool(quick)
+    current = _load_current(store_or_aggregates, wanted)
+    notes: list[str] = []
+    if current.agg is not None:
+        if wanted is not None and current.quick != wanted:
+            raise BaselineError(f"{described}, but {current.where} hold "
+                                f"{_kind(current.quick)} runs: pass {_kind(wanted)} "
+                                f"aggregates, or {_write_fix(source, current.quick)}")
+    elif (current.tidy.empty if current.runs is None else current.runs.empty):
+        if kind is None:
+            raise _no_runs_error(current)
+        raise BaselineError(
+            f"{described}, but {current.where} has no {_kind(kind)} runs (it has "
+            f"{current.has()}): run `{_run_cmd(kind)}` first, or "
+            f"{_write_fix(source, not kind)}")
+    if kind is None:
+        how = ("the default; pass --quick/--full to choose, or" if quick is None
+               else f"as {_flag(current.quick)} asks;")
+        notes.append(f"baseline {source} does not record whether it was written from quick or "
+                     f"full runs (an older format): checked against the "
+                     f"{_kind(current.quick)} runs, {how} write it again with `bayesbench "
+                     f"report {_flag(current.quick)} --write-baseline {source}` to record its "
+                     "kind and seeds")
+    have = current.seeds
+    if base_seeds and have is not None and not base_seeds <= have:
+        lacking = base_seeds - have
+        raise BaselineError(
+            f"{described}, but {current.where} has {_kind(current.quick)} runs for seeds "
+            f"{_listed(have)} only (none for {_listed(lacking)}): means over other seeds "
+            f"are not like for like; run them (`{_run_cmd(current.quick)} --seeds "
+            f"{_listed(base_seeds, ',')}`), or write a baseline from the seeds you run "
+            f"(`bayesbench report {_flag(current.quick)} --write-baseline {source}`)")
+    if base_seeds and have and have - base_seeds:
+        notes.append(f"{current.where} also has {_kind(current.quick)} runs for seed(s) "
+                     f"{_listed(have - base_seeds)}, which baseline {source} does not "
+                     f"average: current means are taken over the baseline's seeds "
+                     f"{_listed(base_seeds)} only")
+    elif not base_seeds and kind is not None and have:
+        notes.append(f"baseline {source} does not record its seeds: compared with the mean "
+                     f"over every seed of the {_kind(current.quick)} runs "
+                     f"({_listed(have)})")
+
+    seeds_of = {(m, d): set(s) for m, d, s in zip(base["method"], base["dataset"],
+                                                   base["seeds"]) if s}
+    complete: dict[tuple[str, str], set[int]] = {}
+    hashes: dict[tuple[str, str], set[str]] = {}
+    agg = current.agg
+    if current.tidy is not None:
+        tidy = current.tidy
+        pair = list(zip(tidy["label"].astype(str), tidy["dataset"].astype(str)))
+        keep = [p not in seeds_of or int(s) in seeds_of[p] for p, s in zip(pair, tidy["seed"])]
+        tidy = tidy[keep]
+        for (label, dataset), group in tidy.drop_duplicates("key").groupby(["label", "dataset"]):
+            complete[(str(label), str(dataset))] = {int(s) for s in group["seed"]}
+        if current.runs is not None and len(tidy):
+            keyed = tidy.drop_duplicates("key").merge(
+                current.all_runs[["key", "config_hash"]], on="key", how="left")
+            for (label, dataset), group in keyed.groupby(["label", "dataset"]):
+                hashes[(str(label), str(dataset))] = set(group["config_hash"].dropna())
+        agg = _aggregate(tidy)
+
+    # binning and settings of the runs compared, against the baseline's
+    bins_differ, settings_differ = [], []
+    binned = {(m, d) for m, d, metric in zip(base["method"], base["dataset"], base["metric"])
+              if metric in BINNED_METRICS}
+    for (method, dataset), rows in base.groupby(_PAIR, sort=True):
+        now = hashes.get((method, dataset))
+        if not now:
+            continue
+        base_bins = {b for v in rows["ece_bins"] if v for b in v}
+        now_bins = {current.ece_bins.get(h) for h in now} - {None}
+        if base_bins and now_bins and base_bins != now_bins and (method, dataset) in binned:
+            bins_differ.append((method, dataset, base_bins, now_bins))
+        base_hashes = {h for v in rows["config_hash"] if v for h in v}
+        if base_hashes and base_hashes != now:
+            settings_differ.append((method, dataset, base_hashes, now))
+    if bins_differ:
+        method, dataset, b, c = bins_differ[0]
+        more = f" (and {len(bins_differ) - 1} more)" if len(bins_differ) > 1 else ""
+        raise BaselineError(
+            f"baseline {source} holds ECE over {_listed(b, '/')} bins but the "
+            f"{_kind(current.quick)} runs of {method} on {dataset}{more} use "
+            f"{_listed(c, '/')} (evaluation.ece_bins): ece, mce and adaptive_ece are not "
+            f"comparable; evaluate with evaluation.ece_bins: {_listed(b, '/')}, or "
+            f"{_write_fix(source, current.quick)}")
+    if settings_differ:
+        method, dataset, b, c = settings_differ[0]
+        notes.append(f"settings changed since the baseline for {len(settings_differ)} "
+                     f"(method, dataset) pair(s), e.g. {method} on {dataset} (config "
+                     f"{_listed(b, '/')} → {_listed(c, '/')}): a setting or a method "
+                     f"version changed; gated all the same")
+
+    failures = _failures(current.runs)
+    values = {
         (str(r.label), str(r.dataset), r.split, r.metric): float(r.mean)
         for r in agg.itertuples(index=False)
     }
@@ -287,16 +668,24 @@ def check_against_baseline(
             tol = float(b.tolerance)
         else:
             tol = info.tolerance
-        cur = current.get((b.method, b.dataset, b.split, b.metric), math.nan)
-        if math.isnan(cur):
-            rows.append(GateRow(b.method, b.dataset, b.split, b.metric, b.value, math.nan,
-                                math.nan, tol, "missing"))
+        pair = (b.method, b.dataset)
+        lacking = set(b.seeds or ()) - complete.get(pair, set())
+        cur = values.get((b.method, b.dataset, b.split, b.metric), math.nan)
+        if pair in failures:
+            status, detail = "failed", failures[pair]
+        elif lacking and current.tidy is not None:
+            status, detail = "missing", f"no complete run for seed(s) {_listed(lacking)}"
+        elif math.isnan(cur):
+            status, detail = "missing", "no current value"
+        else:
+            delta = cur - b.value
+            better = delta if info.higher_is_better else -delta
+            slack = tol + 1e-12 * max(1.0, abs(b.value))  # float noise is never a regression
+            status = ("regressed" if better < -slack else "improved" if better > slack
+                      else "ok")
+            rows.append(GateRow(b.method, b.dataset, b.split, b.metric, b.value, cur, delta,
+                                tol, status))
             continue
-        delta = cur - b.value
-        better = delta if info.higher_is_better else -delta
-        slack = tol + 1e-12 * max(1.0, abs(b.value))  # float noise is never a regression
-        status: GateStatus = ("regressed" if better < -slack
-                              else "improved" if better > slack else "ok")
-        rows.append(GateRow(b.method, b.dataset, b.split, b.metric, b.value, cur, delta, tol,
-                            status))
-    return GateResult(rows)
+        rows.append(GateRow(b.method, b.dataset, b.split, b.metric, b.value, math.nan,
+                            math.nan, tol, status, detail))
+    return GateResult(rows, current.quick, notes)
