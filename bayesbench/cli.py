@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bayesbench.errors import BayesbenchError, ConfigError
@@ -49,7 +48,7 @@ def _seeds(value: Optional[str]) -> list[int] | None:
         return [int(s) for s in items]
     except ValueError:
         raise ConfigError(
-            f"--seeds {value}: give integers separated by commas, e.g. --seeds 0,1,2"
+            f"--seeds {value[:80]}: give integers separated by commas, e.g. --seeds 0,1,2"
         ) from None
 
 
@@ -128,50 +127,35 @@ def run(
     Runs already complete in the store are skipped, so a rerun resumes where a crash or
     Ctrl-C stopped. Exit 1 when any run failed (its error is stored), 2 on bad input.
     """
-    from bayesbench.config import expand, load_config
+    from bayesbench.config import check_parallelism, expand, load_config
+    from bayesbench.report.leaderboard import check_output_folder
     from bayesbench.runner import check_inputs, resolve_device, run_grid
     from bayesbench.store import ResultStore
 
+    check_parallelism(workers, threads)
+    if out_dir is not None:  # found now, not after the whole grid ran
+        check_output_folder(out_dir, "--out")
     cfg = load_config(config)
-    specs = expand(cfg, methods=_csv(methods, "--methods"), datasets=_csv(datasets, "--datasets"),
-                   seeds=_seeds(seeds), quick=quick)
     dev = resolve_device(device)
+    specs = expand(cfg, methods=_csv(methods, "--methods"), datasets=_csv(datasets, "--datasets"),
+                   seeds=_seeds(seeds), quick=quick, threads=threads or 1, device=dev.type)
     check_inputs(cfg, specs)
     result_store = ResultStore(store)
-    names = {s.key: f"{s.label} · {s.dataset_label} · seed {s.seed}" for s in specs}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        grid = progress.add_task("grid", total=len(specs), info="")
-        active: dict[str, int] = {}
-        done = result_store.completed_keys()
-        progress.update(grid, completed=sum(1 for s in specs if s.key in done))
+    from bayesbench.progress import GridProgress
 
-        def on_event(event: tuple) -> None:
-            if event[0] == "start":
-                active[event[1]] = progress.add_task(f"  {names[event[1]]}", total=None, info="")
-            elif event[0] == "epoch" and event[1] in active:
-                _, key, phase, epoch, total, loss = event
-                progress.update(active[key], completed=epoch, total=total,
-                                info=f"{phase} loss {loss:.3f}")
-
-        def on_result(result) -> None:
-            task_id = active.pop(result.key, None)
-            if task_id is not None:
-                progress.remove_task(task_id)
-            progress.advance(grid)
-            if result.status == "failed":
-                progress.console.print(f"[red]failed[/red] {names[result.key]}: "
-                                       f"{escape(result.error or '')}", soft_wrap=True)
-
+    with GridProgress(specs, result_store.completed_keys(), console) as progress:
         outcome = run_grid(specs, result_store, device=dev, workers=workers, threads=threads,
-                           on_event=on_event, on_result=on_result)
+                           on_event=progress.on_event, on_result=progress.on_result)
     _print_summary(outcome.results, len(outcome.skipped))
-    if out_dir is not None and not outcome.interrupted:
-        _write_report(result_store, out_dir, quick=quick, baseline=None)
     if outcome.interrupted:
-        console.print("[yellow]interrupted[/yellow]: finished runs are stored; rerun to resume.")
+        stopped = len(outcome.stopped)
+        console.print(
+            f"[yellow]interrupted[/yellow]: {len(outcome.results)} run(s) finished and were "
+            f"stored in {result_store.path}; {stopped} run(s) in flight were stopped and not "
+            "stored. Rerun the same command to resume.", highlight=False)
         raise typer.Exit(130)
+    if out_dir is not None:
+        _write_report(result_store, out_dir, quick=quick, baseline=None)
     if outcome.failed:
         console.print(f"[red]{len(outcome.failed)} run(s) failed[/red]; errors are stored and "
                       "shown by `bayesbench report`.")
@@ -222,8 +206,12 @@ def report(
 
     Example: `bayesbench report --out reports/ --write-baseline reports/baseline.csv`
     """
+    from bayesbench.report.leaderboard import check_output_file, check_output_folder
     from bayesbench.store import ResultStore
 
+    check_output_folder(out_dir, "--out")  # both before any report file is written
+    if write_baseline is not None:
+        check_output_file(write_baseline, "--write-baseline")
     _write_report(ResultStore.open_existing(store), out_dir, quick, write_baseline)
 
 
@@ -240,9 +228,14 @@ def check(
 
     Example: `bayesbench check --baseline reports/baseline.csv --tolerance ece=0.01`
 
-    Exit 0 when nothing regressed, 1 when a metric regressed (or a baseline row has no
-    result), 2 when the baseline is missing or malformed.
+    Checks the kind of runs (quick or full) and the seeds the baseline was written from;
+    `--quick/--full` must agree with it. Exit 0 when nothing regressed, 1 when a metric
+    regressed, a baseline row has no result or the latest run of its method, dataset and a
+    seed failed; 2 when the baseline is missing, malformed or of another kind or other seeds
+    than the store's runs.
     """
+    import math
+
     from bayesbench.report import check_against_baseline, load_baseline
     from bayesbench.store import ResultStore
 
@@ -255,22 +248,38 @@ def check(
             raise ConfigError(
                 f"--tolerance {item}: write METRIC=VALUE, e.g. --tolerance ece=0.01"
             ) from None
-    base = load_baseline(baseline)
+    base = load_baseline(baseline)  # a bad baseline is reported before a missing store
     result = check_against_baseline(ResultStore.open_existing(store), base,
                                     tolerance_overrides=overrides, quick=quick)
-    t = Table(title=f"regression gate against {baseline}", title_justify="left")
+    for note in result.notes:
+        out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+    kind = "quick" if result.quick else "full"
+    t = Table(title=f"regression gate against {escape(str(baseline))} ({kind} runs)",
+              title_justify="left")
     for col in ["method", "dataset", "split", "metric", "baseline", "current", "tolerance",
                 "status"]:
         t.add_column(col)
-    colour = {"ok": "green", "improved": "green", "regressed": "red", "missing": "red"}
+    bad_status = ("regressed", "missing", "failed")
+    colour = {"ok": "green", "improved": "green", "regressed": "red", "missing": "red",
+              "failed": "red"}
     for row in result.rows:
-        if row.status in ("regressed", "missing") or len(result.rows) <= 40:
-            cur = "" if row.current is None else f"{row.current:.4f}"
-            t.add_row(row.method, row.dataset, row.split, row.metric, f"{row.baseline:.4f}", cur,
-                      f"{row.tolerance:g}", f"[{colour[row.status]}]{row.status}[/]")
+        if row.status in bad_status or len(result.rows) <= 40:
+            cur = "" if math.isnan(row.current) else f"{row.current:.4f}"
+            t.add_row(escape(row.method), escape(row.dataset), row.split, row.metric,
+                      f"{row.baseline:.4f}", cur, f"{row.tolerance:g}",
+                      f"[{colour[row.status]}]{row.status}[/]")
     out.print(t)
-    bad = [r for r in result.rows if r.status in ("regressed", "missing")]
-    out.print(f"{len(result.rows)} checked, {len(bad)} regressed or missing")
+    # once per (method, dataset) and reason, not per row: a failed run fails all its rows
+    shown = set()
+    for row in result.rows:
+        if row.status in ("failed", "missing") and (row.method, row.dataset, row.detail) \
+                not in shown:
+            shown.add((row.method, row.dataset, row.detail))
+            out.print(f"{row.status}: {escape(row.method)} on {escape(row.dataset)}: "
+                      f"{escape(row.detail)}", highlight=False, soft_wrap=True)
+    counts = {s: sum(r.status == s for r in result.rows) for s in bad_status}
+    out.print(f"{len(result.rows)} checked, "
+              + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -312,10 +321,12 @@ def priors(
                                         "laplace, student_t, gaussian_mixture.")
                       ] = "gaussian,laplace,student_t",
     scales: Annotated[str, typer.Option(help="Prior scales, comma-separated.")] = "0.1,1,10",
-    functions: Annotated[int, typer.Option(help="Prior functions (networks) per prior.")] = 32,
+    functions: Annotated[int, typer.Option(max=4096, help="Prior functions "
+                                           "(networks) per prior.")] = 32,
     subset: Annotated[str, typer.Option(help="Linear layers drawn from the prior: all, "
                                         "attention, mlp or last_layer.")] = "all",
-    max_inputs: Annotated[int, typer.Option(min=1, help="Test inputs evaluated.")] = 256,
+    max_inputs: Annotated[int, typer.Option(min=1, max=100_000, help="Test inputs "
+                                            "evaluated.")] = 256,
     df: Annotated[float, typer.Option(help="Student-t degrees of freedom.")] = 3.0,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the data, init and draws.")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for priors_<dataset>.csv "
@@ -339,7 +350,9 @@ def priors(
         write_prior_predictive,
     )
     from bayesbench.registry import DATASETS
+    from bayesbench.report.leaderboard import check_output_folder
 
+    check_output_folder(out_dir, "--out")
     grid = resolve_priors(_csv(family, "--family") or [], _csv(scales, "--scales") or [], df=df)
     cls = DATASETS.get(dataset)
     if not (isinstance(cls, type) and issubclass(cls, Dataset)):
@@ -373,6 +386,12 @@ def main() -> None:
     except BayesbenchError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a path the checks could not foresee (disk full, a race)
+        where = f"{exc.filename}: " if exc.filename else ""
+        console.print(f"[red]error:[/red] {escape(where)}{escape(exc.strerror or str(exc))}; "
+                      "check the path, its permissions and the free space", highlight=False,
+                      soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted: finished runs are stored; rerun to resume.")
         sys.exit(130)

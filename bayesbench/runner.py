@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -316,7 +317,8 @@ def run_grid(
     ``workers`` > 1 runs specs in spawned processes (:class:`LocalPool`; CPU only), one run per
     worker at a time. Each worker (or the serial loop) uses ``threads`` torch threads, default
     1: these models are small, and on 2 cores two 1-thread workers gave 1.5x the throughput of
-    one 2-thread process.
+    one 2-thread process. ``threads`` and ``device`` are stamped on the specs (they enter the
+    run keys when not the defaults: see :class:`RunSpec`).
 
     Each run is claimed in the store right before it starts, so several ``run`` processes on
     one store share the grid and never train a run twice; runs another live process holds are
@@ -325,12 +327,14 @@ def run_grid(
     new run starts, every finished run is stored, runs in flight are dropped (and rerun by the
     next ``run``); a second Ctrl-C aborts at once.
     """
+    threads = threads or 1
+    specs = [s if (s.threads, s.device) == (threads, device.type)
+             else dataclasses.replace(s, threads=threads, device=device.type) for s in specs]
     done = store.completed_keys()
     todo = [s for s in specs if s.key not in done]
     outcome = GridOutcome([], [s for s in specs if s.key in done])
     if not todo:
         return outcome
-    threads = threads or 1
     versions, commit = package_versions(), git_commit()
     emit = on_event or (lambda event: None)
     owner = ClaimOwner.this_process()

@@ -145,3 +145,25 @@ def test_device_resolution():
             resolve_device("cuda")
     with pytest.raises(ConfigError, match="choose auto, cpu, cuda or mps"):
         resolve_device("tpu")
+
+
+def test_threads_and_device_enter_the_key_only_off_their_defaults(tmp_path):
+    """--threads changes metrics by ~1e-8: a 2-thread run must not pass for a 1-thread one."""
+    cfg = parse_config({**TINY, "methods": ["map"]})
+    default, = expand(cfg, quick=True)
+    assert (default.threads, default.device) == (1, "cpu")
+    two, = expand(cfg, quick=True, threads=2)
+    cuda, = expand(cfg, quick=True, device="cuda")
+    assert len({default.key, two.key, cuda.key}) == 3
+    assert len({default.config_hash, two.config_hash, cuda.config_hash}) == 3
+    # keys of default runs are what they were before these fields existed
+    legacy = {k: v for k, v in default.to_dict().items()
+              if k not in ("threads", "device", "method_version", "dataset_version")}
+    from bayesbench.config import _digest
+
+    assert default.key == _digest(legacy)[:16]
+    store = ResultStore(tmp_path / "r.sqlite")
+    run_grid([default], store, device=torch.device("cpu"))
+    again = run_grid([default], store, device=torch.device("cpu"), threads=2)
+    assert not again.skipped and [r.key for r in again.results] == [two.key]
+    assert again.results[0].spec["threads"] == 2
