@@ -128,6 +128,7 @@ def test_list_names_methods_datasets_and_metrics(run_cli):
         assert name in res.stdout
 
 
+@pytest.mark.slow
 def test_default_suite_quick_end_to_end(tmp_path, run_cli):
     """The README's smoke test: the default benchmarks.yaml on the quick budget (one seed)."""
     shutil.copy(REPO / "benchmarks.yaml", tmp_path / "benchmarks.yaml")

@@ -317,6 +317,8 @@ def test_other_sizes_and_vocabulary() -> None:
         ({"num_test": 0}, "num_test"),
         ({"process_seed": -1}, "process_seed"),
         ({"num_train": True}, "num_train"),
+        ({"vocab_size": 10**6}, "vocab_size=1000000 must be from 2 to 4096"),
+        ({"length": 10**9}, "length"),
     ],
 )
 def test_bad_parameters_raise(kwargs: dict, param: str) -> None:

@@ -151,6 +151,10 @@ class MarkovChains(Dataset):
     ) -> None:
         minimum = {"vocab_size": 2, "num_classes": 2, "length": 2, "process_seed": 0,
                    "num_train": 1, "num_val": 1, "num_test": 1}
+        # sizes past these build matrices or token sets no benchmark needs (vocab² × classes)
+        maximum = {"vocab_size": 4096, "num_classes": 1000, "length": 4096,
+                   "process_seed": 2**31 - 1, "num_train": 10**6, "num_val": 10**6,
+                   "num_test": 10**6}
         example = {"vocab_size": 8, "num_classes": 4, "length": 8, "process_seed": 0,
                    "num_train": 4000, "num_val": 1000, "num_test": 2000}
         values = {"vocab_size": vocab_size, "num_classes": num_classes, "length": length,
@@ -166,10 +170,10 @@ class MarkovChains(Dataset):
                 raise DataError(
                     f"markov: {param}={value!r} must be an integer, e.g. {example[param]}"
                 ) from None
-            if checked[param] < minimum[param]:
+            if not minimum[param] <= checked[param] <= maximum[param]:
                 raise DataError(
-                    f"markov: {param}={value!r} must be at least {minimum[param]}, "
-                    f"e.g. {example[param]}"
+                    f"markov: {param}={value!r} must be from {minimum[param]} to "
+                    f"{maximum[param]}, e.g. {example[param]}"
                 )
         if isinstance(concentration, bool) or not isinstance(concentration, (int, float)) \
                 or not concentration > 0:
