@@ -104,6 +104,7 @@ class GridProgress:
             self._advance()
             self._say(f"stored by another process: {escape(name)}")
         elif kind == "kept":
+            self._advance()
             self._say(f"[yellow]not stored[/yellow] {escape(name)} failed "
                       f"({escape(str(event[2]))}) but a complete result is stored: kept that")
 

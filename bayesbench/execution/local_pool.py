@@ -85,8 +85,13 @@ class LocalPool:
             if w is None:
                 w = self._workers[i] = self._start()
             if w.spec is None:
+                try:
+                    w.conn.send(spec)
+                except OSError:  # it died between the check and the send: use a fresh one
+                    self._discard(i)
+                    w = self._workers[i] = self._start()
+                    w.conn.send(spec)
                 w.spec = spec
-                w.conn.send(spec)
                 return
         raise RuntimeError("no idle worker: check `free` before submitting")
 
