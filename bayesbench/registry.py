@@ -117,6 +117,9 @@ for _name, _ref in {
     "mnist1d": "bayesbench.data.mnist1d:MNIST1D",
     "markov": "bayesbench.data.markov:MarkovChains",
     "breast_cancer": "bayesbench.data.breast_cancer:BreastCancer",
+    "bbc_news": "bayesbench.data.bbc_news:BBCNews",
+    "actg175": "bayesbench.data.actg175:ACTG175",
+    "italy_power_demand": "bayesbench.data.italy_power:ItalyPowerDemand",
     "files": "bayesbench.data.files:FileDataset",
 }.items():
     DATASETS.register(_name, _ref)

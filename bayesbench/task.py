@@ -74,6 +74,10 @@ class Task:
     ood: dict[str, torch.Tensor] = field(default_factory=dict)
     vocab_size: int | None = None
     class_names: list[str] | None = None
+    padding_id: int | None = None
+    """For right-padded ``tokens`` inputs, the id of the padding token: the model masks those
+    positions (no attention to them, left out of mean pooling and of attention-space KLs).
+    None: every token is real."""
 
     @property
     def num_tokens(self) -> int:

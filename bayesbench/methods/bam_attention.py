@@ -133,7 +133,19 @@ class BAMRows(LatentAttentionRows):
         logits = torch.einsum("bhtd,hd->bht", keys, self.prior_weight) + self.prior_bias[:, None]
         return logits.log_softmax(-1).unsqueeze(-2)
 
-    def forward(self, scores: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+    supports_padding = True
+
+    def forward(
+        self,
+        scores: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rows ``[B, H, T, T]``. With ``padding`` (bool ``[B, 1, 1, T]``, True at padded keys)
+        the weights of padded keys are exactly 0, T counts each sequence's real keys, and the
+        KL covers the weights of real (query, key) pairs only."""
+        if padding is not None:
+            return self._padded(scores, keys, padding)
         log_mean = scores.log_softmax(-1)
         if self.use_mean:
             self.kl = None
@@ -158,6 +170,49 @@ class BAMRows(LatentAttentionRows):
         else:
             self.kl = None
         return log_w.softmax(-1)
+
+    def _padded(
+        self, scores: torch.Tensor, keys: torch.Tensor | None, padding: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`forward` on the real keys of each sequence: the mean weights are the softmax
+        over real keys; padded entries are computed on a finite placeholder (log mean 0, so no
+        inf * 0 reaches a gradient), then their row entries are set to exactly 0 and their
+        KL terms dropped, as are the rows of padded queries."""
+        lowest = torch.finfo(scores.dtype).min
+        log_mean = scores.masked_fill(padding, lowest).log_softmax(-1)
+        if self.use_mean:
+            self.kl = None
+            return log_mean.exp()
+        log_mean = log_mean.masked_fill(padding, 0.0)
+        real = (~padding).sum(-1, keepdim=True).to(scores.dtype)  # T per sequence, [B, 1, 1, 1]
+        if self.distribution == "weibull":
+            k = self.weibull_shape
+            log_scale = log_mean - math.lgamma(1 + 1 / k)
+            log_w = log_weibull_sample(log_scale, k)
+        else:
+            mu = log_mean - self.lognormal_sigma**2 / 2
+            log_w = mu + self.lognormal_sigma * torch.randn_like(scores)
+        if self.training:
+            if self.prior == "uniform":
+                log_m = -real.log()
+            else:
+                if keys is None:
+                    raise ValueError("the contextual prior needs the keys")
+                logits = (torch.einsum("bhtd,hd->bht", keys, self.prior_weight)
+                          + self.prior_bias[:, None]).unsqueeze(-2)
+                log_m = logits.masked_fill(padding, lowest).log_softmax(-1)
+                log_m = log_m.masked_fill(padding, 0.0)
+            if self.distribution == "weibull":
+                rate = self.prior_concentration * real
+                kl = weibull_gamma_kl(k, log_scale, rate * log_m.exp(), rate)
+            else:
+                prior_mu = log_m - self.prior_sigma**2 / 2
+                kl = lognormal_kl(mu, self.lognormal_sigma, prior_mu, self.prior_sigma)
+            real_pairs = ~(padding | padding.transpose(-1, -2))  # [B, 1, T, T]
+            self.kl = kl.masked_fill(~real_pairs, 0.0).sum()
+        else:
+            self.kl = None
+        return log_w.masked_fill(padding, -math.inf).softmax(-1)
 
 
 class BAMAttention(VariationalAttentionMethod):

@@ -312,9 +312,14 @@ def marsaglia_tsang(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return log_z, z, e
 
 
-def _prior_normaliser(beta: torch.Tensor) -> torch.Tensor:
-    """``sum_j log Gamma(beta_j) - log Gamma(beta_0)`` per prior row (keepdim)."""
-    return torch.lgamma(beta).sum(-1, keepdim=True) - torch.lgamma(beta.sum(-1, keepdim=True))
+def _prior_normaliser(beta: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_j log Gamma(beta_j) - log Gamma(beta_0)`` per prior row (keepdim), over the kept
+    keys only when ``keep`` (bool, broadcastable to the rows, True at real keys) is given."""
+    if keep is None:
+        return torch.lgamma(beta).sum(-1, keepdim=True) - torch.lgamma(beta.sum(-1, keepdim=True))
+    w = keep.to(beta.dtype)
+    return ((torch.lgamma(beta) * w).sum(-1, keepdim=True)
+            - torch.lgamma((beta * w).sum(-1, keepdim=True)))
 
 
 class _DirichletRowsFunction(torch.autograd.Function):
@@ -330,35 +335,64 @@ class _DirichletRowsFunction(torch.autograd.Function):
 
     The KL's psi(alpha) also serves the Gamma gradient (psi(alpha') = psi(alpha) + 1/alpha),
     which is why sampling and KL share one function.
+
+    ``keep`` (optional bool, broadcastable to alpha, True at real keys): padded keys get rows
+    exactly 0 and stay out of the KL. The kept entries are then a sample of ``Dir(alpha_kept)``
+    (normalised Gammas of a subset are the Dirichlet of that subset) and the KL is
+    ``KL(Dir(alpha_kept) || Dir(beta_kept))``, summed over the rows of real queries only
+    (``keep`` is ``[B, 1, 1, T]``: the same keys for every query, whose own padding it also
+    gives); nothing reaches the padded alphas or the padded queries' rows through the KL.
     """
 
     @staticmethod
-    def forward(ctx, alpha: torch.Tensor, beta: torch.Tensor | None):  # type: ignore[override]
+    def forward(ctx, alpha: torch.Tensor, beta: torch.Tensor | None,  # type: ignore[override]
+                keep: torch.Tensor | None = None):
         log_z, z, e = marsaglia_tsang(alpha)
         inv_alpha = alpha.reciprocal()
-        rows = torch.addcmul(log_z, e, inv_alpha, value=-1.0).softmax(-1)
+        log_g = torch.addcmul(log_z, e, inv_alpha, value=-1.0)
+        if keep is not None:  # a Dirichlet's subcomposition is the Dirichlet of the kept keys
+            log_g = log_g.masked_fill(~keep, -math.inf)
+        rows = log_g.softmax(-1)
         lgamma, digamma, trigamma = gamma_functions(alpha)
         ctx.has_prior = beta is not None
+        ctx.has_keep = keep is not None
+        real_rows = alpha.new_ones(())
+        if keep is None:
+            keep = alpha.new_ones((), dtype=torch.bool)
+        elif beta is not None:  # the rows of padded queries are read by nothing: not in the KL
+            real_rows = keep.transpose(-1, -2).to(alpha.dtype)  # [B, 1, T, 1]
         if beta is None:
             kl = alpha.new_zeros(())
             beta = alpha0 = digamma0 = trigamma0 = alpha.new_zeros(())
         else:
-            alpha0 = alpha.sum(-1, keepdim=True)
-            digamma0 = torch.digamma(alpha0)
-            trigamma0 = torch.polygamma(1, alpha0)
-            kl = (
-                torch.lgamma(alpha0).sum() - lgamma.sum()
-                + _prior_normaliser(beta).expand_as(alpha0).sum()
-                + ((alpha - beta) * (digamma - digamma0)).sum()
-            )
+            if not ctx.has_keep:
+                alpha0 = alpha.sum(-1, keepdim=True)
+                digamma0 = torch.digamma(alpha0)
+                trigamma0 = torch.polygamma(1, alpha0)
+                kl = (
+                    torch.lgamma(alpha0).sum() - lgamma.sum()
+                    + _prior_normaliser(beta).expand_as(alpha0).sum()
+                    + ((alpha - beta) * (digamma - digamma0)).sum()
+                )
+            else:
+                w = keep.to(alpha.dtype)
+                alpha0 = (alpha * w).sum(-1, keepdim=True)
+                digamma0 = torch.digamma(alpha0)
+                trigamma0 = torch.polygamma(1, alpha0)
+                per_row = (
+                    torch.lgamma(alpha0) - (lgamma * w).sum(-1, keepdim=True)
+                    + _prior_normaliser(beta, keep)
+                    + ((alpha - beta) * (digamma - digamma0) * w).sum(-1, keepdim=True)
+                )
+                kl = (per_row * real_rows).sum()
         ctx.save_for_backward(alpha, rows, log_z, z, e, digamma, trigamma, beta, alpha0,
-                              digamma0, trigamma0, inv_alpha)
+                              digamma0, trigamma0, inv_alpha, keep, real_rows)
         return rows, kl
 
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor | None, grad_kl: torch.Tensor | None):  # type: ignore[override]
         (alpha, rows, log_z, z, e, digamma, trigamma, beta, alpha0, digamma0, trigamma0,
-         inv_alpha) = ctx.saved_tensors
+         inv_alpha, keep, real_rows) = ctx.saved_tensors
         if grad_rows is None:
             grad_alpha = torch.zeros_like(alpha)
         else:  # softmax's fused backward (the one autograd uses), then through log G
@@ -371,36 +405,45 @@ class _DirichletRowsFunction(torch.autograd.Function):
             grad_alpha.addcmul_(grad_log_g.mul_(e).mul_(inv_alpha), inv_alpha)
         grad_beta = None
         if ctx.has_prior and grad_kl is not None:
-            beta0 = beta.sum(-1, keepdim=True)
+            w = keep.to(alpha.dtype)
+            beta0 = (beta * w).sum(-1, keepdim=True) if ctx.has_keep else beta.sum(-1, keepdim=True)
             kl_grad = (alpha - beta).mul_(trigamma).sub_((alpha0 - beta0) * trigamma0)
+            if ctx.has_keep:
+                kl_grad = kl_grad * (w * real_rows)
             grad_alpha.addcmul_(kl_grad, grad_kl)
             if ctx.needs_input_grad[1]:
                 g = (torch.digamma(beta) - torch.digamma(beta0)) - (digamma - digamma0)
+                if ctx.has_keep:
+                    g = g * (w * real_rows)
                 grad_beta = g.sum_to_size(beta.shape) * grad_kl
-        return grad_alpha, grad_beta
+        return grad_alpha, grad_beta, None
 
 
 def dirichlet_rows_and_kl(
-    alpha: torch.Tensor, beta: torch.Tensor | None = None
+    alpha: torch.Tensor, beta: torch.Tensor | None = None, keep: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reparameterized ``Dir(alpha)`` sample per row and the summed closed-form KL to
     ``Dir(beta)`` (see :class:`_DirichletRowsFunction`); ``alpha [..., K]``, beta as in
-    :func:`dirichlet_kl` or None (KL = 0)."""
-    return _DirichletRowsFunction.apply(alpha, beta)
+    :func:`dirichlet_kl` or None (KL = 0); ``keep``: True at the real (unpadded) keys."""
+    return _DirichletRowsFunction.apply(alpha, beta, keep)
 
 
-def sample_dirichlet(alpha: torch.Tensor) -> torch.Tensor:
+def sample_dirichlet(alpha: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """One reparameterized sample of ``Dir(alpha)`` per row: ``alpha [..., K] -> [..., K]``.
 
     ``Dir(alpha) = G / sum G`` with ``G_j = Z_j U_j^(1/alpha_j)``, ``Z_j ~ Gamma(alpha_j + 1)``
     (:func:`marsaglia_tsang`), computed as ``softmax(log Z - E/alpha)``, ``E = -log U``: exact,
     and no Gamma underflows even at ``alpha = 1e-9``. Gradients: implicit through Z, pathwise
-    through ``E / alpha``. Without gradients it skips the backward's bookkeeping.
+    through ``E / alpha``. Without gradients it skips the backward's bookkeeping. ``keep``
+    (True at real keys): padded keys get 0 and the rest is a ``Dir(alpha_kept)`` sample.
     """
     if torch.is_grad_enabled() and alpha.requires_grad:
-        return dirichlet_rows_and_kl(alpha)[0]
+        return dirichlet_rows_and_kl(alpha, None, keep)[0]
     log_z, _, e = marsaglia_tsang(alpha)
-    return (log_z - e / alpha).softmax(-1)
+    log_g = log_z - e / alpha
+    if keep is not None:
+        log_g = log_g.masked_fill(~keep, -math.inf)
+    return log_g.softmax(-1)
 
 
 # --------------------------------------------------------------------------- rows modules
@@ -454,11 +497,21 @@ class DirichletRows(LatentAttentionRows):
                 torch.full((heads,), inverse_softplus(prior_concentration))
             )
 
-    def concentration(self, scores: torch.Tensor) -> torch.Tensor:
-        """alpha ``[B, H, T, T]`` of the posterior rows."""
+    supports_padding = True
+
+    def concentration(
+        self, scores: torch.Tensor, padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """alpha ``[B, H, T, T]`` of the posterior rows. With ``padding`` (bool ``[B, 1, 1, T]``,
+        True at padded keys) the softmax and T count the real keys only (the padded entries
+        are ``epsilon``, a placeholder that neither the sample nor the KL reads)."""
         t = scores.shape[-1]
-        kappa = F.softplus(self.concentration_logit).view(1, -1, 1, 1) * t
-        return kappa * scores.softmax(-1) + self.min_concentration
+        kappa = F.softplus(self.concentration_logit).view(1, -1, 1, 1)
+        if padding is None:
+            return kappa * t * scores.softmax(-1) + self.min_concentration
+        real = (~padding).sum(-1, keepdim=True).to(scores.dtype)  # [B, 1, 1, 1]
+        weights = scores.masked_fill(padding, torch.finfo(scores.dtype).min).softmax(-1)
+        return kappa * real * weights + self.min_concentration
 
     def prior_concentrations(self, keys: torch.Tensor | None, t: int) -> torch.Tensor:
         """beta, ``[T]`` (uniform) or ``[B, H, 1, T]`` (contextual, from the keys)."""
@@ -469,22 +522,54 @@ class DirichletRows(LatentAttentionRows):
         logits = torch.einsum("bhtd,hd->bht", keys, self.prior_weight) + self.prior_bias[:, None]
         return (F.softplus(logits) + self.min_concentration).unsqueeze(-2)
 
-    def forward(self, scores: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
-        alpha = self.concentration(scores)
+    def forward(
+        self,
+        scores: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rows ``[B, H, T, T]``; with ``padding`` (True at padded keys, ``[B, 1, 1, T]``) each
+        row is a Dirichlet over its real keys (0 at padded ones), and so is its KL."""
+        alpha = self.concentration(scores, padding)
+        keep = None if padding is None else ~padding
         if self.use_mean:
             self.kl = None
-            return alpha / alpha.sum(-1, keepdim=True)
+            mean = alpha if keep is None else alpha.masked_fill(padding, 0.0)
+            return mean / mean.sum(-1, keepdim=True)
         if self.training:
             beta = self.prior_concentrations(keys, scores.shape[-1])
             if self.sampler == "torch":
-                self.kl = dirichlet_kl(alpha, beta).sum()
-                return torch.distributions.Dirichlet(alpha).rsample()
-            rows, self.kl = dirichlet_rows_and_kl(alpha, beta)
+                return self._torch_rows(alpha, beta, keep)
+            rows, self.kl = dirichlet_rows_and_kl(alpha, beta, keep)
             return rows
         self.kl = None
         if self.sampler == "torch":
-            return torch.distributions.Dirichlet(alpha).rsample()
-        return sample_dirichlet(alpha)
+            return self._torch_rows(alpha, None, keep)
+        return sample_dirichlet(alpha, keep)
+
+    def _torch_rows(
+        self, alpha: torch.Tensor, beta: torch.Tensor | None, keep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The reference path: ``Dirichlet.rsample`` and :func:`dirichlet_kl` (stores the KL
+        when beta is given). Padded rows: the subcomposition of a full sample (renormalised
+        over the real keys) and the KL of the real keys' Dirichlets, computed on each row's
+        real keys alone."""
+        rows = torch.distributions.Dirichlet(alpha).rsample()
+        if keep is None:
+            if beta is not None:
+                self.kl = dirichlet_kl(alpha, beta).sum()
+            return rows
+        rows = rows.masked_fill(~keep, 0.0)
+        if beta is not None:
+            b, h, t, k = alpha.shape
+            full_beta = beta.expand(b, h, 1, k)
+            kl = alpha.new_zeros(())
+            for i in range(b):  # reference only: each sequence's real queries and keys
+                real = keep[i, 0, 0]
+                kl = kl + dirichlet_kl(alpha[i][:, real][..., real],
+                                       full_beta[i][..., real]).sum()
+            self.kl = kl
+        return rows / rows.sum(-1, keepdim=True)
 
 
 # --------------------------------------------------------------------------- methods

@@ -12,6 +12,21 @@ Methods change *what is random* by passing factories to :func:`build_model`:
 - ``linear_factory(in_features, out_features, role) -> nn.Module`` builds every linear layer;
   ``role`` is one of :data:`LINEAR_ROLES` so Bayesian layers can replace a subset.
 - ``head_factory(d_model, num_classes) -> nn.Module`` builds the output head (e.g. a GP head).
+
+Padding. A task with padded token inputs declares the id of its padding token in
+``Task.padding_id`` (e.g. ``bbc_news``); the model then masks padded positions: no query attends to them (their attention weights are exactly
+zero) and mean pooling skips them. The CLS token is never masked, so every attention row keeps
+at least one key. Whether to mask depends on the task alone, never on a batch's values, so
+the forward pass stays free of data-dependent branches (``torch.func.vmap`` runs it, as the
+vectorized ensemble does). Without ``padding_id`` the forward pass is exactly the unmasked one
+(the same operations, bit for bit).
+
+A rows module takes the mask only if it says so (``supports_padding = True``; its forward then
+gets ``padding``, bool ``[B, 1, 1, T]``, True at padded keys): :class:`SoftmaxRows`, the
+Dirichlet rows and the BAM rows do (the latter two leave padded keys and padded queries out of
+their KL). A stochastic rows module must leave them out of its KL term, which masking its
+scores cannot do, so a padded task's batch reaching one without that support raises an error
+rather than giving silently different numbers.
 """
 
 from __future__ import annotations
@@ -68,9 +83,20 @@ def default_linear(in_features: int, out_features: int, role: str) -> nn.Module:
 
 
 class SoftmaxRows(nn.Module):
-    """Deterministic attention rows: softmax of the scores over keys."""
+    """Deterministic attention rows: softmax of the scores over keys (over the unpadded keys
+    when ``padding`` is given: their scores are set to the dtype's lowest value, whose
+    exponential is exactly 0)."""
 
-    def forward(self, scores: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+    supports_padding = True
+
+    def forward(
+        self,
+        scores: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if padding is not None:
+            scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
         return scores.softmax(dim=-1)
 
 
@@ -130,11 +156,23 @@ class SelfAttention(nn.Module):
         self.rows = rows
         self.dropout = nn.Dropout(attention_dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """x: ``[B, T, d_model]``; padding: optional bool ``[B, T]``, True at padded keys
+        (handed to the rows module as ``[B, 1, 1, T]``, the same keys for every query)."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # [B, H, T, T]
-        rows = self.dropout(self.rows(scores, keys=k))
+        if padding is None:
+            rows = self.rows(scores, keys=k)
+        elif getattr(self.rows, "supports_padding", False):
+            rows = self.rows(scores, keys=k, padding=padding[:, None, None, :])
+        else:
+            raise NotImplementedError(
+                f"attention rows {type(self.rows).__name__} take no padding mask, and this "
+                "task's token inputs are padded: its KL and sampling would cover the padded "
+                "keys; give the rows module a `padding` argument and `supports_padding = True`"
+            )
+        rows = self.dropout(rows)
         y = (rows @ v).transpose(1, 2).reshape(b, t, d)
         return self.out(y)
 
@@ -164,13 +202,17 @@ class EncoderBlock(nn.Module):
         self.mlp = FeedForward(cfg.d_model, int(cfg.d_model * cfg.mlp_ratio), linear, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm_attn(x)))
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm_attn(x), padding))
         return x + self.mlp(self.norm_mlp(x))
 
 
 class TransformerClassifier(nn.Module):
-    """``forward(x) -> logits [B, C]``; ``features(x) -> pooled representation [B, d_model]``."""
+    """``forward(x) -> logits [B, C]``; ``features(x) -> pooled representation [B, d_model]``.
+
+    ``padding_id``: for token inputs, the id of the padding token, masked in attention and
+    mean pooling (module docstring); None (the default) masks nothing.
+    """
 
     def __init__(
         self,
@@ -180,9 +222,11 @@ class TransformerClassifier(nn.Module):
         rows_factory: RowsFactory,
         linear_factory: LinearFactory,
         head: nn.Module,
+        padding_id: int | None = None,
     ) -> None:
         super().__init__()
         self.config = cfg
+        self.padding_id = padding_id
         self.embedding = embedding
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.blocks = nn.ModuleList(
@@ -192,13 +236,28 @@ class TransformerClassifier(nn.Module):
         self.head = head
         self.num_classes = num_classes
 
+    def padding_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Bool ``[B, 1 + T]`` (CLS first, never padded), True at padding tokens; None when the
+        task declares no padding (then the forward pass is the unmasked one)."""
+        if self.padding_id is None:
+            return None
+        padded = x == self.padding_id
+        return torch.cat([padded.new_zeros(padded.shape[0], 1), padded], dim=1)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        padding = self.padding_mask(x)
         h = self.embedding(x)
         h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
         for block in self.blocks:
-            h = block(h)
+            h = block(h) if padding is None else block(h, padding)
         h = self.norm(h)
-        return h[:, 0] if self.config.pool == "cls" else h[:, 1:].mean(dim=1)
+        if self.config.pool == "cls":
+            return h[:, 0]
+        if padding is None:
+            return h[:, 1:].mean(dim=1)
+        # mean over each sequence's own tokens (at least one when x holds no empty sequence)
+        kept = (~padding[:, 1:]).unsqueeze(-1).to(h.dtype)  # [B, T, 1]
+        return (h[:, 1:] * kept).sum(dim=1) / kept.sum(dim=1).clamp_min(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -224,7 +283,8 @@ def build_model(
     linear_factory: LinearFactory | None = None,
     head_factory: HeadFactory | None = None,
 ) -> TransformerClassifier:
-    """The encoder classifier for ``task``, with optional replacement parts (module doc)."""
+    """The encoder classifier for ``task``, with optional replacement parts (module doc);
+    padded positions are masked when the task declares a ``padding_id`` (token inputs)."""
     linear = linear_factory or default_linear
     rows = rows_factory or (lambda layer, heads: SoftmaxRows())
     head = (
@@ -232,8 +292,10 @@ def build_model(
         if head_factory
         else linear(cfg.d_model, task.num_classes, "head")
     )
+    padding_id = task.padding_id if task.input_kind == "tokens" else None
     return TransformerClassifier(
-        build_embedding(task, cfg.d_model), cfg, task.num_classes, rows, linear, head
+        build_embedding(task, cfg.d_model), cfg, task.num_classes, rows, linear, head,
+        padding_id=padding_id,
     )
 
 
