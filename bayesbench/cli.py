@@ -15,9 +15,12 @@ from rich.table import Table
 from bayesbench.errors import BayesbenchError, ConfigError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (README: shell completion)
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    # None: help text prints as written (markdown mode dropped "<dataset>" as HTML, and the
+    # rich panels labelled every flag "<bool>" as if it took a value)
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     help="Benchmark Bayesian and uncertainty-aware transformers: calibration, robustness, "
     "OOD detection and cost.",
 )
@@ -52,15 +55,79 @@ def _seeds(value: Optional[str]) -> list[int] | None:
         ) from None
 
 
+def _labels(cfg, section: str, wanted: list[str] | None) -> list[str] | None:
+    """``--methods`` / ``--datasets`` values in the config's spelling ("MAP" -> "map")."""
+    from bayesbench.api import config_labels
+
+    return config_labels(cfg, section, wanted)
+
+
+def version_text() -> str:
+    """bayesbench's version, and torch's with the device ``--device auto`` would pick (the
+    rule of :func:`bayesbench.runner.resolve_device`, without importing the runner)."""
+    import platform
+
+    import torch
+
+    from bayesbench import __version__
+
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)})"
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        device = "mps"
+    else:
+        device = "cpu"
+    return (f"bayesbench {__version__}\n"
+            f"torch {torch.__version__} (device: {device})\n"
+            f"python {platform.python_version()} ({platform.system()})")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_print_version, is_eager=True,
+        help="Print the versions of bayesbench, torch and python, and the device, then exit."
+    )] = False,
+) -> None:
+    pass
+
+
 @app.command("list")
 def list_cmd(
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="Show this config's own datasets and methods, resolved, "
+        "instead of everything installed.")] = None,
     shapes: Annotated[bool, typer.Option(help="Build each dataset to show its shapes.")] = True,
 ) -> None:
     """List methods, datasets and metrics with one-line descriptions.
 
     Example: `bayesbench list --no-shapes`
+
+    With `--config FILE`: that config's datasets (parameters, input kind and shape, classes,
+    split sizes, shifted and OOD sets; for a `files` dataset the columns and files each split
+    comes from) and methods with their resolved parameters, so you can check your data
+    before training. Exit 2 when a dataset cannot be built.
     """
+    if config is not None:
+        from bayesbench.config import load_config
+        from bayesbench.describe import (
+            check_described,
+            describe_datasets,
+            describe_methods,
+            print_config,
+        )
+
+        cfg = load_config(config)
+        datasets = describe_datasets(cfg, shapes=shapes)
+        print_config(out, cfg, datasets, describe_methods(cfg))
+        check_described(datasets, cfg.path)
+        return
     from bayesbench.metrics import METRICS
     from bayesbench.registry import DATASETS, METHODS
 
@@ -69,6 +136,19 @@ def list_cmd(
     t.add_column("description")
     for name in METHODS.names():
         t.add_row(name, _describe(lambda n=name: METHODS.get(n).description))
+    out.print(t)
+
+    from bayesbench.backbones import support_matrix
+
+    t = Table(title="Backbones (backbone: in the config) and the methods each runs",
+              title_justify="left")
+    for col in ["name", "description", "runs", "skips (why)"]:
+        t.add_column(col, style="bold" if col == "name" else None)
+    for label, description, reasons in support_matrix():
+        runs = ", ".join(m for m, why in reasons.items() if why is None)
+        skips = "; ".join(f"{m}: {why.split(' backbone ', 1)[-1]}" if m else why
+                          for m, why in reasons.items() if why)
+        t.add_row(escape(label), escape(description), runs or "-", escape(skips) or "-")
     out.print(t)
 
     t = Table(title="Datasets", title_justify="left")
@@ -112,22 +192,37 @@ def run(
                         ] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Base seeds, e.g. 0,1,2.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Same grid, tiny budget.")] = False,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="Worker processes (default: the config's executor.workers, else 1); on "
+        "cuda, concurrent runs sharing the GPU(s).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker "
                                                    "(default 1).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     store: StoreOpt = DEFAULT_STORE,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Also write the report "
                                                     "here when the grid is done.")] = None,
+    executor: Annotated[Optional[str], typer.Option(
+        "--executor", help="local, dask or slurm (default: the config's executor.kind, "
+        "else local).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies "
+        "--executor dask).")] = None,
+    jobs: Annotated[Optional[int], typer.Option(
+        min=1, help="Slurm jobs to submit (--executor slurm; default: executor.slurm.jobs)."
+    )] = None,
 ) -> None:
     """Train and evaluate every (method, dataset, seed) of the config not already stored.
 
     Example: `bayesbench run --methods map,mc_dropout --seeds 0,1,2 --workers 2`
 
     Runs already complete in the store are skipped, so a rerun resumes where a crash or
-    Ctrl-C stopped. Exit 1 when any run failed (its error is stored), 2 on bad input.
+    Ctrl-C stopped. `--executor dask` runs on a Dask cluster (`--scheduler`, or a local one
+    of `--workers`), `--executor slurm` on Slurm jobs; only this process writes the store.
+    Exit 1 when any run failed (its error is stored), 2 on bad input or an unreachable
+    cluster.
     """
     from bayesbench.config import check_parallelism, expand, load_config
+    from bayesbench.execution.base import with_overrides
     from bayesbench.report.leaderboard import check_output_folder
     from bayesbench.runner import check_inputs, resolve_device, run_grid
     from bayesbench.store import ResultStore
@@ -136,17 +231,26 @@ def run(
     if out_dir is not None:  # found now, not after the whole grid ran
         check_output_folder(out_dir, "--out")
     cfg = load_config(config)
+    plan = with_overrides(cfg.executor, kind=executor, scheduler=scheduler, workers=workers,
+                          jobs=jobs)
+    if plan.kind == "local" or (plan.kind == "dask" and not plan.scheduler):
+        check_parallelism(plan.workers, threads)  # processes on this machine
     dev = resolve_device(device)
-    specs = expand(cfg, methods=_csv(methods, "--methods"), datasets=_csv(datasets, "--datasets"),
+    specs = expand(cfg, methods=_labels(cfg, "methods", _csv(methods, "--methods")),
+                   datasets=_labels(cfg, "datasets", _csv(datasets, "--datasets")),
                    seeds=_seeds(seeds), quick=quick, threads=threads or 1, device=dev.type)
     check_inputs(cfg, specs)
     result_store = ResultStore(store)
     from bayesbench.progress import GridProgress
 
     with GridProgress(specs, result_store.completed_keys(), console) as progress:
-        outcome = run_grid(specs, result_store, device=dev, workers=workers, threads=threads,
+        outcome = run_grid(specs, result_store, device=dev, threads=threads, executor=plan,
                            on_event=progress.on_event, on_result=progress.on_result)
     _print_summary(outcome.results, len(outcome.skipped))
+    if outcome.unsupported:
+        console.print(f"[yellow]{len(outcome.unsupported)} run(s) skipped[/yellow]: their method "
+                      "cannot work on their backbone (reasons above; nothing stored for them).",
+                      highlight=False)
     if outcome.interrupted:
         stopped = len(outcome.stopped)
         console.print(
@@ -181,7 +285,10 @@ def _print_summary(results: list, skipped: int) -> None:
 def _write_report(store, out_dir: Path, quick: bool | None, baseline: Path | None) -> None:
     from bayesbench.report import write_baseline, write_report
 
-    paths = write_report(store, out_dir, quick=quick)
+    notes: list[str] = []
+    paths = write_report(store, out_dir, quick=quick, notes=notes)
+    for note in notes:
+        out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     if baseline is not None:
         write_baseline(store, baseline, quick=quick)
         paths.append(baseline)
@@ -202,7 +309,8 @@ def report(
         "--write-baseline", help="Also write a regression-gate baseline CSV here.")] = None,
     quick: RunsOpt = None,
 ) -> None:
-    """Write leaderboard.md, results.csv, summary.csv and reliability diagrams.
+    """Write leaderboard.md (summary across datasets first), report.html (self-contained),
+    results.csv, summary.csv, comparisons.csv and the figures.
 
     Example: `bayesbench report --out reports/ --write-baseline reports/baseline.csv`
     """
@@ -233,6 +341,10 @@ def check(
     regressed, a baseline row has no result or the latest run of its method, dataset and a
     seed failed; 2 when the baseline is missing, malformed or of another kind or other seeds
     than the store's runs.
+
+    A change beyond the tolerance fails only if it is also significant (a paired t-test over
+    the shared seeds, p < 0.05) when both sides have 3 or more seeds; otherwise it is marked
+    `~` (within seed noise) and passes, as `asv compare` does.
     """
     import math
 
@@ -256,19 +368,32 @@ def check(
     kind = "quick" if result.quick else "full"
     t = Table(title=f"regression gate against {escape(str(baseline))} ({kind} runs)",
               title_justify="left")
-    for col in ["method", "dataset", "split", "metric", "baseline", "current", "tolerance",
-                "status"]:
+    for col in ["method", "dataset", "split", "metric", "baseline", "current", "difference",
+                "tolerance", "p", "status"]:
         t.add_column(col)
     bad_status = ("regressed", "missing", "failed")
     colour = {"ok": "green", "improved": "green", "regressed": "red", "missing": "red",
               "failed": "red"}
+    def num(value: float, fmt: str) -> str:
+        return "" if math.isnan(value) else format(value, fmt)
+
     for row in result.rows:
-        if row.status in bad_status or len(result.rows) <= 40:
-            cur = "" if math.isnan(row.current) else f"{row.current:.4f}"
+        if row.status in bad_status or row.mark or len(result.rows) <= 40:
+            status = f"[{colour[row.status]}]{row.status}[/]" + (f" {row.mark}" if row.mark
+                                                                  else "")
             t.add_row(escape(row.method), escape(row.dataset), row.split, row.metric,
-                      f"{row.baseline:.4f}", cur, f"{row.tolerance:g}",
-                      f"[{colour[row.status]}]{row.status}[/]")
+                      f"{row.baseline:.4f}", num(row.current, ".4f"), num(row.delta, "+.4f"),
+                      f"{row.tolerance:g}", num(row.p_value, ".2g"), status)
     out.print(t)
+    for row in result.rows:
+        if row.status == "regressed" or row.mark:
+            what = "regressed" if row.status == "regressed" else "~ within seed noise"
+            p = ("no significance test (fewer than 3 seeds on a side, or no per-seed "
+                 "baseline values)" if math.isnan(row.p_value) else f"p = {row.p_value:.2g}")
+            out.print(f"{what}: {escape(row.method)} on {escape(row.dataset)}, {row.split} "
+                      f"{row.metric}: baseline {row.baseline:.4f}, current {row.current:.4f}, "
+                      f"difference {row.delta:+.4f} (tolerance {row.tolerance:g}), {p}",
+                      highlight=False, soft_wrap=True)
     # once per (method, dataset) and reason, not per row: a failed run fails all its rows
     shown = set()
     for row in result.rows:
@@ -278,8 +403,10 @@ def check(
             out.print(f"{row.status}: {escape(row.method)} on {escape(row.dataset)}: "
                       f"{escape(row.detail)}", highlight=False, soft_wrap=True)
     counts = {s: sum(r.status == s for r in result.rows) for s in bad_status}
+    noise = sum(r.mark == "~" for r in result.rows)
     out.print(f"{len(result.rows)} checked, "
-              + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
+              + ", ".join(f"{n} {s}" for s, n in counts.items())
+              + f", {noise} beyond tolerance but within seed noise (~)", highlight=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -315,8 +442,12 @@ def score(
 
 @app.command()
 def priors(
-    dataset: Annotated[str, typer.Option(help="Dataset whose test inputs the prior functions "
-                                         "see (a registry name).")] = "digits",
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Dataset whose test inputs the prior functions see: a dataset label of --config "
+        "(default: its first), else a registry name (default: digits).")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="Take the dataset (with its params, e.g. a files dataset) and "
+        "the model settings from this config.")] = None,
     family: Annotated[str, typer.Option(help="Prior families, comma-separated: gaussian, "
                                         "laplace, student_t, gaussian_mixture.")
                       ] = "gaussian,laplace,student_t",
@@ -336,6 +467,10 @@ def priors(
 
     Example: `bayesbench priors --dataset digits --family gaussian,laplace --scales 0.1,1,10`
 
+    With `--config FILE`, `--dataset` names one of its datasets (any kind, `files` included)
+    and the networks have the config's model settings for it; without, a registry dataset
+    with its default parameters and the default model.
+
     Draws `--functions` networks with every linear weight in `--subset` from each prior
     (biases, LayerNorms and embeddings as initialised) and reports, on the test inputs, the
     entropy of single functions and of the prior predictive, the fraction of near-one-hot
@@ -343,22 +478,45 @@ def priors(
     argmax changes across inputs (near 0: the function ignores its input).
     """
     from bayesbench.data.base import Dataset
-    from bayesbench.models import ModelConfig
+    from bayesbench.models import LINEAR_SUBSETS, ModelConfig
     from bayesbench.prior_predictive import (
         prior_predictive_table,
         resolve_priors,
         write_prior_predictive,
     )
-    from bayesbench.registry import DATASETS
+    from bayesbench.priors import PRIOR_FAMILIES
+    from bayesbench.registry import DATASETS, match_name
     from bayesbench.report.leaderboard import check_output_folder
 
     check_output_folder(out_dir, "--out")
-    grid = resolve_priors(_csv(family, "--family") or [], _csv(scales, "--scales") or [], df=df)
-    cls = DATASETS.get(dataset)
-    if not (isinstance(cls, type) and issubclass(cls, Dataset)):
-        raise ConfigError(f"--dataset {dataset}: not a bayesbench dataset")
-    task = cls().build(seed)
-    frame = prior_predictive_table(task, ModelConfig(), grid, dataset=dataset, subset=subset,
+    families = [match_name(f, PRIOR_FAMILIES) or f for f in _csv(family, "--family") or []]
+    subset = match_name(subset, LINEAR_SUBSETS) or subset
+    grid = resolve_priors(families, _csv(scales, "--scales") or [], df=df)
+    if config is not None:
+        from bayesbench.config import load_config
+        from bayesbench.describe import build_dataset, dataset_entry, dataset_model
+
+        cfg = load_config(config)
+        entry = dataset_entry(cfg, dataset) if dataset else cfg.datasets[0]
+        try:
+            source = build_dataset(entry)
+        except BayesbenchError as exc:
+            raise type(exc)(f"{cfg.path}: datasets '{entry.label}': {exc}") from None
+        dataset, model = entry.label, dataset_model(cfg, entry)
+    else:
+        dataset = DATASETS.canonical(dataset or "digits")
+        cls = DATASETS.get(dataset)
+        if not (isinstance(cls, type) and issubclass(cls, Dataset)):
+            raise ConfigError(f"--dataset {dataset}: not a bayesbench dataset")
+        try:
+            source = cls()
+            source.check()
+        except BayesbenchError as exc:
+            raise ConfigError(f"--dataset {dataset}: needs parameters ({exc}); give it in a "
+                              "config and pass --config FILE --dataset LABEL") from None
+        model = ModelConfig()
+    task = source.build(seed)
+    frame = prior_predictive_table(task, model, grid, dataset=dataset, subset=subset,
                                    num_functions=functions, max_inputs=max_inputs, seed=seed)
     t = Table(title=f"prior predictive on {dataset} ({functions} functions × "
               f"{int(frame['num_inputs'].iloc[0])} test inputs, subset {subset}; "
@@ -373,6 +531,45 @@ def priors(
     out.print(t)
     for p in write_prior_predictive(frame, out_dir, dataset):
         out.print(f"wrote {p}")
+
+
+def _complete_run(ctx: typer.Context, incomplete: str) -> list[str]:
+    from bayesbench.show import complete_runs
+
+    return complete_runs(str(ctx.params.get("store") or DEFAULT_STORE), incomplete)
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="A run key (or a unique prefix of one, as "
+                                       "results.csv prints it), or a method label.",
+                                       metavar="RUN", autocompletion=_complete_run)],
+    dataset: Annotated[Optional[str], typer.Option(help="The dataset label, when RUN is a "
+                                                   "method label.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="The base seed, when RUN is a "
+                                                "method label.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    quick: RunsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full stored record as "
+                                          "JSON.")] = False,
+) -> None:
+    """Print one stored run in full: settings, versions, commit, timings, metrics, error.
+
+    Example: `bayesbench show map --dataset digits --seed 0` or `bayesbench show 3f2a9c`
+
+    Of several stored runs of one label, dataset and seed (quick and full runs, or runs
+    under changed settings) it shows the one reports use (full first, then the latest)
+    and lists the others' keys. Exit 2 when nothing, or more than one run, matches.
+    """
+    from bayesbench.show import find_run, print_run, record_json
+    from bayesbench.store import ResultStore
+
+    found = find_run(ResultStore.open_existing(store), run, dataset=dataset, seed=seed,
+                     quick=quick)
+    if as_json:
+        typer.echo(record_json(found))
+        return
+    print_run(out, found)
 
 
 def main() -> None:

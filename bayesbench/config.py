@@ -26,6 +26,16 @@ Layout (all sections but ``datasets`` and ``methods`` optional)::
         sweep:                       # optional: one entry per combination (cartesian product),
           prior_scale: [0.1, 1.0]    # labelled 'mfvi@prior_scale=0.1+temperature=1.0' etc.,
           temperature: [1.0, 0.1]    # grouped under 'mfvi' in reports (curves over the sweep)
+    executor:                        # optional: where runs execute (never part of a run key)
+      kind: local                    # local (serial / --workers processes), dask or slurm
+      workers: 2                     # local processes, or the LocalCluster's workers
+      scheduler: tcp://10.0.0.5:8786 # dask: an existing scheduler (none: a LocalCluster)
+      slurm: {queue: gpu, account: lab, cores: 4, memory: 16GB, walltime: "04:00:00",
+              gpus: 1, jobs: 8}      # see ExecutorConfig / SlurmConfig
+    backbone:                        # optional (also per dataset): the network methods build
+      name: hf                       # on; registry name, 'package.module:Class' or entry point
+      params: {model: ./my-bert, pretrained: true, train: all}   # the backbone's arguments
+                                     # default: transformer (the model: section; no run key)
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import inspect
 import json
 import math
 import os
+import re
 import typing
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +58,7 @@ import yaml
 
 from bayesbench.errors import BayesbenchError, ConfigError, UnknownNameError, shorten
 from bayesbench.methods.base import EvaluationConfig, TrainingConfig
+from bayesbench.backbones import DEFAULT_BACKBONE
 from bayesbench.models import ModelConfig
 from bayesbench.registry import DATASETS, METHODS
 from bayesbench.scoring import MAX_ECE_BINS
@@ -62,6 +74,46 @@ class QuickConfig:
     max_eval: int = 128
     mc_samples: int = 4
     seeds: int = 1
+
+
+EXECUTOR_KINDS = ("local", "dask", "slurm")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """``executor.slurm``: one Slurm job (dask-jobqueue's ``SLURMCluster``) hosts ``processes``
+    Dask worker processes, each running one run at a time. ``processes`` 0 means one per
+    ``gpus`` × ``runs_per_gpu`` with GPUs, else one per core. ``gpus`` asks ``--gres=gpu:N``."""
+
+    queue: str | None = None  # partition (#SBATCH -p)
+    account: str | None = None  # #SBATCH -A
+    cores: int = 1  # cores per job
+    processes: int = 0  # Dask worker processes (concurrent runs) per job; 0: see above
+    memory: str = "4GB"  # per job
+    walltime: str | int = "01:00:00"  # per job (unquoted 04:00:00 is YAML's 14400 s: fine)
+    gpus: int = 0  # GPUs per job
+    jobs: int = 1  # jobs submitted for the grid
+    job_extra: list[str] = ()  # more #SBATCH directives, e.g. ["--qos=high"] (a tuple)
+    prologue: list[str] = ()  # shell lines before the worker starts (module load ...)
+    python: str | None = None  # the workers' python (default: the driver's)
+    interface: str | None = None  # network interface of scheduler and workers, e.g. ib0
+    log_directory: str | None = None  # Slurm's job output files
+    local_directory: str | None = None  # workers' scratch space
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """``executor``: where the runs execute. Never part of a run key: the same run gives the
+    same numbers wherever it runs (on the same device type and threads), so stored results
+    and resume are shared between executors. Flags of ``bayesbench run`` override it."""
+
+    kind: str = "local"  # local | dask | slurm
+    workers: int = 1  # local worker processes, or the LocalCluster's workers (dask)
+    scheduler: str | None = None  # dask: address of an existing scheduler
+    connect_timeout: float = 30.0  # seconds to reach the scheduler before giving up (exit 2)
+    max_tries: int = 3  # a run whose worker dies this many times is stored failed
+    runs_per_gpu: int = 1  # concurrent runs sharing one GPU (Dask resource GPU=1/N each)
+    slurm: SlurmConfig = SlurmConfig()
 
 
 # --------------------------------------------------------------------------- value rules
@@ -143,6 +195,18 @@ FIELD_RULES: dict[type, dict[str, Range]] = {
         "mc_samples": Range(1, MAX_MC_SAMPLES),
         "seeds": Range(1, 1000),
     },
+    ExecutorConfig: {
+        "workers": Range(1, 4096),
+        "connect_timeout": Range(0, 3600, low_open=True),
+        "max_tries": Range(1, 100),
+        "runs_per_gpu": Range(1, 64),
+    },
+    SlurmConfig: {
+        "cores": Range(1, 4096),
+        "processes": Range(0, 4096, note="0: gpus × runs_per_gpu, or one per core"),
+        "gpus": Range(0, 64),
+        "jobs": Range(1, 100_000),
+    },
 }
 """The rule of every numeric setting of each config section; the same rules apply to the
 top-level sections and to every dataset's ``model:`` / ``training:`` overrides."""
@@ -161,6 +225,8 @@ def section_errors(cls: type, values: dict[str, Any]) -> list[tuple[str, str]]:
             note = f" ({rule.note})" if rule.note else ""
             errors.append((name, f"must be {rule.describe(hints[name] is int)}{note}, got "
                                  f"{shorten(value)}; e.g. {defaults[name]!r} (the default)"))
+    if not errors and cls in (ExecutorConfig, SlurmConfig):
+        return _executor_errors(values)
     if errors or cls is not ModelConfig:
         return errors
     d_model, heads, depth, ratio = (values[k] for k in ("d_model", "heads", "depth",
@@ -179,6 +245,32 @@ def section_errors(cls: type, values: dict[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
+_WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*([kKMGTP]i?)?B?$")
+
+
+def _executor_errors(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rules of ``executor`` / ``executor.slurm`` beyond the numeric ranges."""
+    errors: list[tuple[str, str]] = []
+    if "kind" in values and values["kind"] not in EXECUTOR_KINDS:
+        close = difflib.get_close_matches(str(values["kind"]), EXECUTOR_KINDS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        errors.append(("kind", f"{hint}choose one of {', '.join(EXECUTOR_KINDS)}, got "
+                               f"{shorten(values['kind'])}"))
+    if values.get("scheduler") is not None and not values["scheduler"].strip():
+        errors.append(("scheduler", "is empty; give an address like tcp://10.0.0.5:8786, or "
+                                    "leave it out to start a local Dask cluster"))
+    if isinstance(values.get("walltime"), int) and values["walltime"] < 1:
+        errors.append(("walltime", f"must be positive, got {values['walltime']}"))
+    elif isinstance(values.get("walltime"), str) and not _WALLTIME.match(values["walltime"]):
+        errors.append(("walltime", f"must be Slurm's [D-]HH:MM:SS, e.g. \"04:00:00\" (quote it), "
+                                   f"got {shorten(values['walltime'])}"))
+    if "memory" in values and not _MEMORY.match(values["memory"].strip()):
+        errors.append(("memory", f"must be an amount like 16GB or 4000MB, got "
+                                 f"{shorten(values['memory'])}"))
+    return errors
+
+
 @dataclass
 class Entry:
     """A dataset or method entry of the config, resolved."""
@@ -191,6 +283,7 @@ class Entry:
     group: str = ""  # the entry's label before sweep expansion (= label without a sweep)
     swept: dict[str, Any] = field(default_factory=dict)  # this member's sweep values
     version: int = 1  # the class's code version (Method.version / Dataset.version)
+    backbone: dict[str, Any] | None = None  # datasets: this dataset's backbone section
 
     def __post_init__(self) -> None:
         self.group = self.group or self.label
@@ -206,6 +299,8 @@ class Config:
     quick: QuickConfig
     datasets: list[Entry]
     methods: list[Entry]
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # not in any run key
+    backbone: dict[str, Any] = field(default_factory=lambda: {**DEFAULT_BACKBONE, "params": {}})
 
 
 @dataclass(frozen=True)
@@ -237,6 +332,7 @@ class RunSpec:
     dataset_version: int = 1
     threads: int = 1
     device: str = "cpu"
+    backbone: dict[str, Any] = field(default_factory=lambda: {**DEFAULT_BACKBONE, "params": {}})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -263,7 +359,8 @@ class RunSpec:
         return derive_seed(self.seed, self.label, self.dataset_label)
 
 
-_UNHASHED_DEFAULTS = {"method_version": 1, "dataset_version": 1, "threads": 1, "device": "cpu"}
+_UNHASHED_DEFAULTS = {"method_version": 1, "dataset_version": 1, "threads": 1, "device": "cpu",
+                      "backbone": DEFAULT_BACKBONE}
 """RunSpec fields left out of the hashes while they hold these values (see RunSpec)."""
 
 
@@ -411,7 +508,8 @@ def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: typ
         if isinstance(item, str):
             item = {"name": item}
         item = v.mapping(item, where)
-        allowed = ["name", "label", "params"] + (["model", "training"] if section == "datasets"
+        allowed = ["name", "label", "params"] + (["model", "training", "backbone"]
+                                                 if section == "datasets"
                                                  else ["sweep"])
         v.known_keys(item, allowed, where)
         name = item.get("name")
@@ -421,6 +519,9 @@ def _entries(v: _Validator, raw: Any, section: str, registry: Any, base_cls: typ
             cls = registry.get(name)
         except UnknownNameError as exc:
             v.fail(f"{where}.name", str(exc))
+        # "MAP" means "map": the registered spelling names the entry, so its label and run
+        # key are those of "map" (a rerun with either spelling finds the same stored runs)
+        name = registry.canonical(name)
         if not (isinstance(cls, type) and issubclass(cls, base_cls)):
             v.fail(f"{where}.name", f"'{name}' is not a {base_cls.__module__}.{base_cls.__name__}")
         version = cls.version
@@ -467,7 +568,8 @@ def _sweep_members(v: _Validator, sweep: Any, params: dict, where: str) -> list[
     return members
 
 
-TOP_LEVEL_KEYS = ["seeds", "model", "training", "evaluation", "quick", "datasets", "methods"]
+TOP_LEVEL_KEYS = ["seeds", "model", "training", "evaluation", "quick", "datasets", "methods",
+                  "executor", "backbone"]
 
 
 def parse_config(data: Any, path: str = "<config>") -> Config:
@@ -497,7 +599,55 @@ def parse_config(data: Any, path: str = "<config>") -> Config:
     for i, d in enumerate(datasets):  # per-dataset overrides must be valid too
         v.dataclass_section(ModelConfig, d.model, f"datasets[{i}].model", base=model)
         v.dataclass_section(TrainingConfig, d.training, f"datasets[{i}].training", base=training)
-    return Config(path, seeds, model, training, evaluation, quick, datasets, methods)
+    executor = executor_section(v, data.get("executor"))
+    backbone = backbone_section(v, data.get("backbone"), "backbone")
+    for i, (d, item) in enumerate(zip(datasets, data["datasets"])):
+        if isinstance(item, dict) and "backbone" in item:
+            d.backbone = backbone_section(v, item["backbone"], f"datasets[{i}].backbone")
+    return Config(path, seeds, model, training, evaluation, quick, datasets, methods, executor,
+                  backbone)
+
+
+def backbone_section(v: _Validator, raw: Any, where: str) -> dict[str, Any]:
+    """A ``backbone`` section resolved to ``{"name", "params"}`` (params with the class's
+    defaults, checked against its signature; the class is instantiated once, so e.g. the hf
+    backbone's missing ``transformers`` is reported now, exit 2). None: the default."""
+    from bayesbench.backbones import Backbone
+    from bayesbench.registry import BACKBONES
+
+    if raw is None:
+        return {**DEFAULT_BACKBONE, "params": {}}
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    data = v.mapping(raw, where)
+    v.known_keys(data, ["name", "params"], where)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        v.fail(f"{where}.name", "required: a backbone name (transformer, hf) or "
+               "'package.module:Class'")
+    try:
+        cls = BACKBONES.get(name)
+    except UnknownNameError as exc:
+        v.fail(f"{where}.name", str(exc))
+    name = BACKBONES.canonical(name)
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        v.fail(f"{where}.name", f"'{name}' is not a bayesbench.backbones.Backbone")
+    params = check_parameters(cls, v.mapping(data.get("params"), f"{where}.params"), v,
+                              f"{where}.params")
+    return {"name": name, "params": params}
+
+
+def executor_section(v: _Validator, raw: Any) -> ExecutorConfig:
+    """The ``executor`` section with its nested ``slurm`` mapping, checked like the others."""
+    data = dict(v.mapping(raw, "executor"))
+    slurm = v.dataclass_section(SlurmConfig, data.pop("slurm", None), "executor.slurm")
+    executor = v.dataclass_section(ExecutorConfig, data, "executor")
+    walltime = slurm.walltime
+    if isinstance(walltime, int):  # seconds (YAML reads an unquoted 04:00:00 as 14400)
+        walltime = f"{walltime // 3600:02d}:{walltime % 3600 // 60:02d}:{walltime % 60:02d}"
+    return dataclasses.replace(executor, slurm=dataclasses.replace(
+        slurm, walltime=walltime, job_extra=tuple(slurm.job_extra),
+        prologue=tuple(slurm.prologue)))
 
 
 def seed_problem(seeds: list[int]) -> str:
@@ -680,5 +830,6 @@ def expand(
                     quick=dataclasses.asdict(config.quick) if quick else None,
                     method_version=m.version, dataset_version=d.version,
                     threads=threads, device=device,
+                    backbone=d.backbone or config.backbone,
                 ))
     return specs

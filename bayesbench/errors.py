@@ -61,3 +61,8 @@ class OutputPathError(BayesbenchError):
 
 class StoreError(BayesbenchError):
     """The results store cannot be opened or has an incompatible schema."""
+
+
+class RunNotFoundError(StoreError):
+    """``bayesbench show`` / :func:`bayesbench.get_run`: no stored run, or more than one,
+    matches the key or label asked for."""

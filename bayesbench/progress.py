@@ -17,6 +17,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+def first_line(error: str | None) -> str:
+    """A stored error's summary line (the traceback below it is for `bayesbench show`)."""
+    return (error or "").split("\n", 1)[0]
+
+
 def format_duration(seconds: float) -> str:
     """``75`` -> ``1m15s``; ``3725`` -> ``1h02m``; ``8.2`` -> ``8s``."""
     seconds = max(0, int(round(seconds)))
@@ -103,6 +108,9 @@ class GridProgress:
         elif kind == "skipped":
             self._advance()
             self._say(f"stored by another process: {escape(name)}")
+        elif kind == "unsupported":
+            self._advance()
+            self._say(f"[yellow]skipped[/yellow] {escape(name)}: {escape(str(event[2]))}")
         elif kind == "kept":
             self._advance()
             self._say(f"[yellow]not stored[/yellow] {escape(name)} failed "
@@ -123,7 +131,7 @@ class GridProgress:
             if task is not None:
                 self._progress.remove_task(task)
             if result.status == "failed":
-                self._say(f"[red]failed[/red] {name}: {escape(result.error or '')}")
+                self._say(f"[red]failed[/red] {name}: {escape(first_line(result.error))}")
             return
         width = len(str(self.total))
         head = f"[{self.completed:>{width}}/{self.total}]"
@@ -133,5 +141,5 @@ class GridProgress:
             self._say(f"{head} complete {name}  {format_duration(seconds)}{scores}  "
                       f"{self.eta()}")
         else:
-            self._say(f"{head} [red]failed[/red] {name}: {escape(result.error or '')}  "
+            self._say(f"{head} [red]failed[/red] {name}: {escape(first_line(result.error))}  "
                       f"{self.eta()}")

@@ -11,12 +11,73 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from bayesbench.errors import UnknownNameError
+from bayesbench.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
+
+
+def match_name(name: str, choices: Iterable[str]) -> str | None:
+    """The choice ``name`` means: itself, or else the one choice equal to it but for case;
+    None when there is none or several differ from it only in case.
+
+    >>> match_name("MAP", ["map", "mfvi"]), match_name("x", ["X", "x"])
+    ('map', 'x')
+    >>> match_name("ab", ["AB", "Ab"]) is None  # ambiguous: no guess
+    True
+    """
+    choices = list(choices)
+    if name in choices:
+        return name
+    same = [c for c in choices if c.casefold() == name.casefold()]
+    return same[0] if len(same) == 1 else None
+
+
+def close_names(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` choices to suggest for an unknown ``name`` ("did you mean"), in their own
+    spelling: those equal to it but for case first, then close matches compared without case.
+
+    >>> close_names("MAP", ["map", "mfvi", "swag"]), close_names("Mc_Dropot", ["mc_dropout"])
+    (['map'], ['mc_dropout'])
+    >>> close_names("mc", ["map", "mc_dropout"])  # a prefix
+    ['mc_dropout']
+    """
+    choices = list(choices)
+    by_folded: dict[str, list[str]] = {}
+    for c in choices:
+        by_folded.setdefault(c.casefold(), []).append(c)
+    folded = name.casefold()
+    starts = [f for f in by_folded if len(folded) >= 2 and f.startswith(folded)]
+    close = difflib.get_close_matches(folded, list(by_folded), n=n, cutoff=0.5)
+    ordered = ([folded] if folded in by_folded else []) + sorted(starts, key=len) + close
+    return list(dict.fromkeys(c for f in ordered for c in by_folded[f]))[:n]
+
+
+def resolve_names(wanted: Iterable[str], available: Iterable[str], flag: str,
+                  where: str) -> list[str]:
+    """Each name of ``wanted`` (a flag's values, e.g. ``--methods``) in the spelling of
+    ``available`` (see :func:`match_name`); one that names nothing raises
+    :class:`~bayesbench.errors.ConfigError` with a "did you mean" in the right case.
+
+    >>> resolve_names(["MAP", "mfvi"], ["map", "mfvi"], "--methods", "bench.yaml")
+    ['map', 'mfvi']
+    """
+    available = list(dict.fromkeys(available))
+    out = []
+    for name in wanted:
+        match = match_name(name, available)
+        if match is None:
+            close = close_names(name, available, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            shown = ", ".join(available)
+            raise ConfigError(
+                f"{flag} {name[:80]}: not in {where}.{hint} Choose from: "
+                f"{shown if len(shown) <= 600 else shown[:599] + '…'}")
+        out.append(match)
+    return out
 
 
 def import_object(reference: str) -> Any:
@@ -68,11 +129,20 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         self._load_plugins()
-        return name in self._entries or ":" in name
+        return self.canonical(name) in self._entries or ":" in name
+
+    def canonical(self, name: str) -> str:
+        """The registered spelling of ``name`` ("MAP" -> "map" when unambiguous), else
+        ``name`` itself (an import reference, or an unknown name)."""
+        self._load_plugins()
+        if name in self._entries or ":" in name:
+            return name
+        return match_name(name, self._entries) or name
 
     def get(self, name: str) -> T:
         """The object for ``name``; unknown names raise :class:`UnknownNameError`."""
         self._load_plugins()
+        name = self.canonical(name)  # "MAP" -> "map" (unambiguous)
         if name in self._entries:
             entry = self._entries[name]
             if isinstance(entry, str):
@@ -84,7 +154,7 @@ class Registry(Generic[T]):
         raise UnknownNameError(self.unknown_message(name))
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        close = close_names(name, self.names())
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return (
             f"unknown {self.kind} '{name}'.{hint} Known {self.kind}s: {', '.join(self.names())}; "
@@ -94,6 +164,7 @@ class Registry(Generic[T]):
 
 METHODS: Registry[Any] = Registry("method", "bayesbench.methods")
 DATASETS: Registry[Any] = Registry("dataset", "bayesbench.datasets")
+BACKBONES: Registry[Any] = Registry("backbone", "bayesbench.backbones")
 
 # Built-in methods: one file each under bayesbench/methods/.
 for _name, _ref in {
@@ -123,3 +194,10 @@ for _name, _ref in {
     "files": "bayesbench.data.files:FileDataset",
 }.items():
     DATASETS.register(_name, _ref)
+
+# Built-in backbones: one file each under bayesbench/backbones/.
+for _name, _ref in {
+    "transformer": "bayesbench.backbones.transformer:TransformerBackbone",
+    "hf": "bayesbench.backbones.hf:HFBackbone",
+}.items():
+    BACKBONES.register(_name, _ref)

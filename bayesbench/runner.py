@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from bayesbench import __version__
-from bayesbench.config import Config, RunSpec
+from bayesbench.backbones import make_backbone, unsupported_runs
+from bayesbench.config import Config, ExecutorConfig, RunSpec
 from bayesbench.errors import BayesbenchError, ConfigError
-from bayesbench.execution.local_pool import Finished, LocalPool
+from bayesbench.execution.base import Executor, Finished, open_executor
 from bayesbench.methods.base import EvaluationConfig, FitContext, Method, TrainingConfig
 from bayesbench.metrics.calibration import reliability_statistics
 from bayesbench.metrics.suite import evaluate_ood, evaluate_split
@@ -46,7 +47,8 @@ Event = tuple[Any, ...]
 """Progress events: ("start", key) | ("epoch", key, phase, epoch, total, loss) |
 ("evaluate", key) | ("held", key, holder) (another process trains it; waiting) |
 ("skipped", key) (another process stored it) | ("kept", key, error) (a failure not written
-over the complete result stored for it)."""
+over the complete result stored for it) | ("unsupported", key, reason) (its method cannot
+work on its backbone: skipped, not stored)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,6 +116,7 @@ def fit_context(spec: RunSpec, device: torch.device, on_epoch: Any = None) -> Fi
         device=device,
         seed=spec.training_seed,
         on_epoch=on_epoch,
+        backbone=make_backbone(spec.backbone),
     )
 
 
@@ -149,6 +152,13 @@ def evaluate_method(
     return out, reliability, per_1000
 
 
+def task_record(task: Task) -> dict[str, Any]:
+    """What reports need to know of a run's task: its classes (names where the dataset has
+    them), for class-named tables and the chance level a collapsed model sits at."""
+    return {"num_classes": task.num_classes,
+            "class_names": list(task.class_names) if task.class_names else None}
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -166,6 +176,7 @@ def run_one(
     result = _failed_result(spec, device, versions or package_versions(), commit)
     try:
         task = build_task(spec)
+        result.spec["task"] = task_record(task)  # stored beside the spec, never hashed
         method: Method = METHODS.get(spec.method)(**spec.method_params)
         ctx = fit_context(spec, device, on_epoch)
         t0 = time.perf_counter()
@@ -183,11 +194,29 @@ def run_one(
                     for name, value in method.diagnostics().items()]
         result.metrics, result.reliability, result.status = metrics, reliability, "complete"
     except Exception as exc:  # a failing run is recorded and the grid goes on
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-        result.error = f"{type(exc).__name__}: {exc}{where}"
+        result.error = describe_failure(exc)
     result.finished_at = _now()
     return result
+
+
+MAX_TRACEBACK_CHARS = 20_000
+"""A stored traceback longer than this keeps its start and its end (where the error is)."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The error text stored for a failed run: one summary line (``Type: message (at
+    file:line)``), a blank line, then the full traceback (the last line names the error)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    summary = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(summary) > 500:
+        summary = summary[:499] + "…"
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    if len(trace) > MAX_TRACEBACK_CHARS:
+        half = MAX_TRACEBACK_CHARS // 2
+        trace = f"{trace[:half]}\n… ({len(trace) - 2 * half} characters left out) …\n" \
+                f"{trace[-half:]}"
+    return f"{summary}{where}\n\n{trace}"
 
 
 # --------------------------------------------------------------------------- the grid
@@ -197,13 +226,16 @@ def run_one(
 class GridOutcome:
     """What ``run_grid`` did: ``results`` (each written to the store, in the order they ended),
     ``skipped`` (complete in the store already, or completed meanwhile by another process),
-    ``interrupted`` (Ctrl-C / SIGTERM) and ``stopped`` (runs in flight then: not stored)."""
+    ``interrupted`` (Ctrl-C / SIGTERM) and ``stopped`` (runs in flight then: not stored).
+    ``unsupported``: (spec, reason) of runs whose method cannot work on their backbone:
+    skipped before anything trained, not stored."""
 
     results: list[RunResult]
     skipped: list[RunSpec]
     interrupted: bool = False
     stopped: list[RunSpec] = field(default_factory=list)
     kept_complete: list[RunResult] = field(default_factory=list)
+    unsupported: list[tuple[RunSpec, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[RunResult]:
@@ -223,50 +255,6 @@ def check_inputs(config: Config, specs: Iterable[RunSpec]) -> None:
             raise type(exc)(f"{config.path}: datasets '{spec.dataset_label}': {exc}") from None
 
 
-class _InProcess:
-    """The serial executor: runs one spec at a time in this process (``poll`` runs it)."""
-
-    def __init__(self, device: torch.device, versions: dict, commit: str | None,
-                 emit: Callable[[Event], None]) -> None:
-        self.device, self.versions, self.commit, self.emit = device, versions, commit, emit
-        self.spec: RunSpec | None = None
-        self.in_run = False
-
-    @property
-    def free(self) -> int:
-        return 0 if self.spec is not None else 1
-
-    @property
-    def running(self) -> list[RunSpec]:
-        return [self.spec] if self.spec is not None else []
-
-    def submit(self, spec: RunSpec) -> None:
-        self.spec = spec
-
-    def poll(self, timeout: float) -> list[Finished]:
-        if self.spec is None:
-            return []
-        spec, key = self.spec, self.spec.key
-        self.emit(("start", key))
-        self.in_run = True
-        try:
-            result = run_one(
-                spec, self.device,
-                on_epoch=lambda p, e, n, loss: self.emit(("epoch", key, p, e, n, loss)),
-                on_evaluate=lambda: self.emit(("evaluate", key)),
-                versions=self.versions, commit=self.commit,
-            )
-        finally:
-            self.in_run = False
-        self.spec = None
-        return [Finished(spec, result=result)]
-
-    def close(self) -> None:
-        pass
-
-    kill = close
-
-
 class _StopRequest:
     """Ctrl-C / SIGTERM while the grid runs: the first stops the grid (no new run starts; in
     the serial executor it interrupts the run in flight), a second aborts at once."""
@@ -282,7 +270,10 @@ class _StopRequest:
 
         def handle(signum: int, frame: Any) -> None:
             if self.requested:  # the second one: abort now, without a traceback
-                executor.kill()
+                # bounded: a cluster that does not answer must not hold the abort up
+                killer = threading.Thread(target=_quietly, args=(executor.kill,), daemon=True)
+                killer.start()
+                killer.join(timeout=5)
                 if sys.stderr.isatty():
                     sys.stderr.write("\x1b[?25h")  # the progress display hid the cursor
                 sys.stderr.write("\naborted: runs already stored are kept\n")
@@ -307,6 +298,7 @@ def run_grid(
     device: torch.device,
     workers: int = 1,
     threads: int | None = None,
+    executor: ExecutorConfig | Executor | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
     lease_s: float = CLAIM_LEASE_S,
@@ -314,18 +306,23 @@ def run_grid(
 ) -> GridOutcome:
     """Run every spec not already complete in ``store``, writing each result as it ends.
 
-    ``workers`` > 1 runs specs in spawned processes (:class:`LocalPool`; CPU only), one run per
-    worker at a time. Each worker (or the serial loop) uses ``threads`` torch threads, default
-    1: these models are small, and on 2 cores two 1-thread workers gave 1.5x the throughput of
-    one 2-thread process. ``threads`` and ``device`` are stamped on the specs (they enter the
-    run keys when not the defaults: see :class:`RunSpec`).
+    Where the runs execute is ``executor``: the config's ``executor`` section with the flags
+    applied (see :func:`bayesbench.execution.base.open_executor`), or an
+    :class:`~bayesbench.execution.base.Executor` ready to use (closed at the end); without it,
+    ``workers`` > 1 local processes (:class:`~bayesbench.execution.local_pool.LocalPool`) or
+    this process.
+    Each run uses ``threads`` torch threads, default 1: these models are small, and on 2 cores
+    two 1-thread workers gave 1.5x the throughput of one 2-thread process. ``threads`` and
+    ``device`` are stamped on the specs (they enter the run keys when not the defaults: see
+    :class:`RunSpec`); the executor never does.
 
-    Each run is claimed in the store right before it starts, so several ``run`` processes on
-    one store share the grid and never train a run twice; runs another live process holds are
-    waited for (checked every ``wait_s`` s) and taken over if that process dies. A worker that
-    dies fails only its own run. Ctrl-C or SIGTERM stops the grid within about a second: no
-    new run starts, every finished run is stored, runs in flight are dropped (and rerun by the
-    next ``run``); a second Ctrl-C aborts at once.
+    Only this process writes the store. Each run is claimed in the store right before it is
+    handed to the executor, so several ``run`` processes on one store share the grid and never
+    train a run twice; runs another live process holds are waited for (checked every
+    ``wait_s`` s) and taken over if that process dies. A worker that dies fails only its own
+    run (a Dask cluster first retries it elsewhere, up to ``max_tries``). Ctrl-C or SIGTERM
+    stops the grid within about a second: no new run starts, every finished run is stored,
+    runs in flight are dropped (and rerun by the next ``run``); a second Ctrl-C aborts at once.
     """
     threads = threads or 1
     specs = [s if (s.threads, s.device) == (threads, device.type)
@@ -333,94 +330,124 @@ def run_grid(
     done = store.completed_keys()
     todo = [s for s in specs if s.key not in done]
     outcome = GridOutcome([], [s for s in specs if s.key in done])
+    outcome.unsupported = unsupported_runs(todo)  # skipped with the reason, before training
+    for spec, reason in outcome.unsupported:
+        todo.remove(spec)
+        if on_event is not None:
+            on_event(("unsupported", spec.key, reason))
     if not todo:
+        if isinstance(executor, Executor):
+            executor.close()
         return outcome
     versions, commit = package_versions(), git_commit()
-    emit = on_event or (lambda event: None)
     owner = ClaimOwner.this_process()
-
-    def finish(fin: Finished) -> None:
-        result = fin.result
-        if result is None:  # the worker process died
-            result = _failed_result(fin.spec, device, versions, commit)
-            result.error = (f"the worker process running it died ({fin.died}): out of memory, "
-                            "or killed from outside")
-            result.finished_at = _now()
-        if store.write(result):
-            outcome.results.append(result)
-            if on_result:
-                on_result(result)
-        else:  # a failure that would have replaced a complete result: not written
-            outcome.kept_complete.append(result)
-            outcome.skipped.append(fin.spec)
-            emit(("kept", result.key, result.error))
-
-    pooled = workers > 1 and len(todo) > 1 and device.type == "cpu"
-    previous_threads = torch.get_num_threads()
-    if pooled:
-        executor: Any = LocalPool(min(workers, len(todo)), threads=threads, device=device.type,
-                                  versions=versions, commit=commit, on_event=emit)
+    emit = on_event or (lambda event: None)
+    if isinstance(executor, Executor):
+        pool = executor
     else:
-        torch.set_num_threads(threads)
-        executor = _InProcess(device, versions, commit, emit)
-    stop = _StopRequest()
-    heartbeat_stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not heartbeat_stop.wait(lease_s / 6):
-            with contextlib.suppress(BayesbenchError):
-                store.renew_claims(owner)
-
-    beat = threading.Thread(target=heartbeat, daemon=True, name="claims-heartbeat")
-    beat.start()
-    pending = deque(todo)
-    held: dict[str, str] = {}  # key -> holder, runs another live process is training
-    try:
-        with stop.installed(executor):
-            while not stop.requested:
-                while executor.free and pending and not stop.requested:
-                    spec = pending.popleft()
-                    claim = store.claim(spec.key, owner, lease_s)
-                    if claim.status == "complete":  # another process stored it meanwhile
-                        held.pop(spec.key, None)
-                        outcome.skipped.append(spec)
-                        emit(("skipped", spec.key))
-                    elif claim.status == "held":
-                        if spec.key not in held:
-                            emit(("held", spec.key, claim.holder))
-                        held[spec.key] = claim.holder
-                    else:
-                        held.pop(spec.key, None)
-                        executor.submit(spec)
-                if not executor.running:
-                    if not held:
-                        break
-                    if not pending:  # only others' runs are left: look again shortly
-                        _sleep_unless(stop, wait_s)
-                        pending.extend(s for s in todo if s.key in held)
-                    continue
-                for fin in executor.poll(timeout=0.25):
-                    finish(fin)
-    except KeyboardInterrupt:  # the serial executor's run was interrupted
-        stop.requested = True
-    finally:
-        if stop.requested:
-            outcome.interrupted = True
-            with contextlib.suppress(Exception):
-                for fin in executor.poll(timeout=0.0) if pooled else []:
-                    if fin.result is not None:  # results that had already arrived
-                        finish(fin)
-            outcome.stopped = list(executor.running)
-            executor.kill()
-        else:
-            executor.close()
-        heartbeat_stop.set()
-        beat.join(timeout=5)
-        with contextlib.suppress(BayesbenchError):
-            store.release_claims(owner)
-        if not pooled:
-            torch.set_num_threads(previous_threads)
+        pool = open_executor(executor or ExecutorConfig(workers=workers), device=device.type,
+                             threads=threads, versions=versions, commit=commit, on_event=emit,
+                             runs=len(todo), driver_id=owner.token)
+    lost = lambda spec: _failed_result(spec, device, versions, commit)  # noqa: E731
+    _GridDriver(store, pool, owner, outcome, emit, on_result, lost, lease_s, wait_s).run(todo)
     return outcome
+
+
+class _GridDriver:
+    """The claim-driven loop of :func:`run_grid` over any :class:`Executor`: claim a run, hand
+    it over while the executor has a free slot, store each result as it arrives."""
+
+    def __init__(self, store: ResultStore, executor: Executor, owner: ClaimOwner,
+                 outcome: GridOutcome, emit: Callable[[Event], None],
+                 on_result: Callable[[RunResult], None] | None,
+                 lost: Callable[[RunSpec], RunResult], lease_s: float, wait_s: float) -> None:
+        self.store, self.executor, self.owner, self.outcome = store, executor, owner, outcome
+        self.emit, self.on_result, self.lost = emit, on_result, lost
+        self.lease_s, self.wait_s = lease_s, wait_s
+        self.stop = _StopRequest()
+
+    def finish(self, fin: Finished) -> None:
+        result = fin.result
+        if result is None:  # its worker died, or the executor lost it
+            result = self.lost(fin.spec)
+            result.error = fin.error or (
+                f"the worker process running it died ({fin.died}): out of memory, or killed "
+                "from outside")
+            result.finished_at = _now()
+        if self.store.write(result):
+            self.outcome.results.append(result)
+            if self.on_result:
+                self.on_result(result)
+        else:  # a failure that would have replaced a complete result: not written
+            self.outcome.kept_complete.append(result)
+            self.outcome.skipped.append(fin.spec)
+            self.emit(("kept", result.key, (result.error or "").split("\n", 1)[0]))
+
+    def run(self, todo: list[RunSpec]) -> None:
+        executor, stop, store = self.executor, self.stop, self.store
+        heartbeat_stop = threading.Event()
+
+        def heartbeat() -> None:
+            while not heartbeat_stop.wait(self.lease_s / 6):
+                with contextlib.suppress(BayesbenchError):
+                    store.renew_claims(self.owner)
+
+        beat = threading.Thread(target=heartbeat, daemon=True, name="claims-heartbeat")
+        beat.start()
+        clean = False
+        try:
+            with stop.installed(executor):
+                self._loop(todo)
+            clean = not stop.requested
+        except KeyboardInterrupt:  # the serial executor's run was interrupted
+            stop.requested = True
+        finally:
+            if stop.requested:
+                self.outcome.interrupted = True
+                with contextlib.suppress(Exception):
+                    for fin in executor.drain():
+                        if fin.result is not None:  # results that had already arrived
+                            self.finish(fin)
+                self.outcome.stopped = list(executor.running)
+            (executor.close if clean else executor.kill)()
+            heartbeat_stop.set()
+            beat.join(timeout=5)
+            with contextlib.suppress(BayesbenchError):
+                store.release_claims(self.owner)
+
+    def _loop(self, todo: list[RunSpec]) -> None:
+        executor, stop, store, outcome = self.executor, self.stop, self.store, self.outcome
+        pending = deque(todo)
+        held: dict[str, str] = {}  # key -> holder, runs another live process is training
+        while not stop.requested:
+            while executor.free and pending and not stop.requested:
+                spec = pending.popleft()
+                claim = store.claim(spec.key, self.owner, self.lease_s)
+                if claim.status == "complete":  # another process stored it meanwhile
+                    held.pop(spec.key, None)
+                    outcome.skipped.append(spec)
+                    self.emit(("skipped", spec.key))
+                elif claim.status == "held":
+                    if spec.key not in held:
+                        self.emit(("held", spec.key, claim.holder))
+                    held[spec.key] = claim.holder
+                else:
+                    held.pop(spec.key, None)
+                    executor.submit(spec)
+            if not executor.running:
+                if not held:
+                    return
+                if not pending:  # only others' runs are left: look again shortly
+                    _sleep_unless(stop, self.wait_s)
+                    pending.extend(s for s in todo if s.key in held)
+                continue
+            for fin in executor.poll(timeout=0.25):
+                self.finish(fin)
+
+
+def _quietly(action: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):
+        action()
 
 
 def _sleep_unless(stop: _StopRequest, seconds: float) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 
-from bayesbench.config import expand, load_config
+from bayesbench.config import expand, parse_config
 from bayesbench.data.breast_cancer import (
     BreastCancer,
     cohort_mixture,
@@ -24,7 +23,6 @@ from bayesbench.errors import DataError
 from bayesbench.registry import DATASETS
 from bayesbench.task import Split, Task
 
-REPO = Path(__file__).resolve().parent.parent
 SEVERITIES = [1, 2, 3, 4, 5]
 RADIUS = 0  # column of "mean radius"
 MALIGNANT, BENIGN = 0, 1
@@ -87,8 +85,8 @@ def rows(task: Task, raw: tuple) -> dict:
 def test_registered_and_versioned() -> None:
     assert DATASETS.get("breast_cancer") is BreastCancer
     assert BreastCancer.version == 2
-    (spec, *_) = expand(load_config(REPO / "benchmarks.yaml"), methods=["map"],
-                        datasets=["breast_cancer"])
+    (spec, *_) = expand(parse_config({"datasets": ["breast_cancer"], "methods": ["map"]},
+                                     "bench.yaml"))
     assert spec.dataset_version == 2
     old = dataclasses.replace(spec, dataset_version=1)
     assert spec.key != old.key and spec.config_hash != old.config_hash

@@ -134,7 +134,7 @@ def test_code_versions_enter_keys_only_above_one(monkeypatch):
     assert (base.method_version, base.dataset_version) == (1, 1)
     legacy = dataclasses.asdict(base)
     del legacy["method_version"], legacy["dataset_version"]
-    for execution in ("threads", "device"):  # at their defaults, outside the hash too
+    for execution in ("threads", "device", "backbone"):  # at their defaults, outside the hash
         legacy.pop(execution, None)
     digest = hashlib.sha256(json.dumps(legacy, sort_keys=True, default=str).encode())
     assert base.key == digest.hexdigest()[:16]
@@ -335,3 +335,12 @@ def test_folder_unreadable_and_aliased_configs(tmp_path, monkeypatch):
     monkeypatch.setattr(type(ok), "read_bytes", denied)
     with pytest.raises(ConfigError, match=r"ok\.yaml: cannot be read \(Permission denied\)"):
         load_config(ok)
+
+
+def test_a_name_in_another_case_is_the_registered_name():
+    """`name: MAP` is map: the same label and run keys, so a rerun finds the stored runs."""
+    upper = expand(parse(datasets=["Digits"], methods=["MAP", {"name": "MC_Dropout"}]))
+    lower = expand(parse(datasets=["digits"], methods=["map", {"name": "mc_dropout"}]))
+    assert [(s.label, s.method, s.dataset) for s in upper] == [
+        (s.label, s.method, s.dataset) for s in lower]
+    assert [s.key for s in upper] == [s.key for s in lower]

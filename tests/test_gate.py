@@ -56,7 +56,7 @@ def test_baseline_holds_gated_metrics_on_summary_splits_only(baseline):
     frame = load_baseline(baseline)
     assert list(pd.read_csv(baseline).columns) == [
         "method", "dataset", "split", "metric", "value", "higher_is_better", "tolerance",
-        "quick", "seeds", "ece_bins", "config_hash"]
+        "quick", "seeds", "ece_bins", "config_hash", "seed_values"]
     assert set(frame["split"]) == {"test", "shift_mean", "ood_mean"}
     assert all(METRICS[m].gated for m in frame["metric"])
     assert "mean_entropy" not in set(frame["metric"])
@@ -195,7 +195,11 @@ def test_baseline_records_kind_seeds_binning_and_settings(store, baseline, tmp_p
     assert set(raw["quick"]) == {"False"} and set(raw["seeds"]) == {"0 1 2"}
     assert set(raw["ece_bins"]) == {"5"} and set(raw["config_hash"]) == {"cfg123"}
     line = next(x for x in baseline.read_text().splitlines() if x.startswith("map,toy,test,ece,"))
-    assert line.split(",")[5:] == ["False", "0.02", "False", "0 1 2", "5", "cfg123"]
+    assert line.split(",")[5:] == ["False", "0.02", "False", "0 1 2", "5", "cfg123",
+                                   "0.1 0.1 0.1"]
+    acc = next(x for x in baseline.read_text().splitlines()
+               if x.startswith("map,toy,test,accuracy,"))
+    assert [float(v) for v in acc.split(",")[-1].split()] == [0.90, 0.91, 0.92]
     frame = load_baseline(baseline)
     assert frame["seeds"].iloc[0] == (0, 1, 2) and frame["quick"].iloc[0] is False
     quick = _store(tmp_path / "q.sqlite", [_run("map", 0, 0.9, quick=True)])
@@ -405,3 +409,83 @@ def test_cli_failed_run_and_kind_mismatch(store, baseline, tmp_path, run_cli):
     flag = run_cli("check", "--baseline", str(quick_base), "--store", str(quick.path), "--full")
     assert flag.returncode == 2
     assert "but full runs were asked for (--full): pass --quick" in " ".join(flag.stderr.split())
+
+
+# ------------------------------------------------------------ significance (as asv compare)
+
+def _store_with(tmp_path, name, map_accuracies):
+    store = ResultStore(tmp_path / name)
+    for seed, acc in enumerate(map_accuracies):
+        store.write(fake_result("map", "toy", seed, acc, 0.10))
+    return store
+
+
+def test_a_change_within_seed_noise_is_marked_not_failed(tmp_path):
+    """Baseline map accuracy 0.90/0.91/0.92. A noisy current run (0.95/0.80/0.84: mean 0.047
+    lower, beyond the 0.02 tolerance) is not significant: ok, marked ~. A consistent drop of
+    0.03 on every seed is: regressed."""
+    base = write_baseline(_store_with(tmp_path, "b.sqlite", [0.90, 0.91, 0.92]),
+                          tmp_path / "base.csv")
+    noisy = check_against_baseline(_store_with(tmp_path, "n.sqlite", [0.95, 0.80, 0.84]), base)
+    row = _status(noisy, "map", "test", "accuracy")
+    assert row.delta == pytest.approx(-0.0467, abs=1e-4) and row.delta < -row.tolerance
+    from scipy import stats
+    assert row.p_value == pytest.approx(
+        stats.ttest_rel([0.95, 0.80, 0.84], [0.90, 0.91, 0.92]).pvalue)
+    assert row.p_value > 0.05 and (row.status, row.mark) == ("ok", "~")
+    assert noisy.exit_code == 0
+    worse = check_against_baseline(_store_with(tmp_path, "w.sqlite", [0.87, 0.88, 0.89]), base)
+    row = _status(worse, "map", "test", "accuracy")
+    assert (row.status, row.mark, row.p_value) == ("regressed", "", 0.0)
+    assert worse.exit_code == 1
+    # nll = 1 − accuracy moves the other way: improved, significantly
+    assert _status(worse, "map", "test", "nll").status == "ok"  # 0.03 < tolerance 0.05
+
+
+def test_fewer_than_three_seeds_or_old_baselines_use_the_tolerance_alone(tmp_path):
+    base = write_baseline(_store_with(tmp_path, "b.sqlite", [0.90, 0.91]), tmp_path / "b.csv")
+    row = _status(check_against_baseline(_store_with(tmp_path, "n.sqlite", [0.95, 0.80]), base),
+                  "map", "test", "accuracy")
+    assert row.status == "regressed" and math.isnan(row.p_value)
+    # a baseline without seed_values (the format before it) is read and gated as before
+    base3 = write_baseline(_store_with(tmp_path, "b3.sqlite", [0.90, 0.91, 0.92]),
+                           tmp_path / "b3.csv")
+    pd.read_csv(base3).drop(columns="seed_values").to_csv(base3, index=False)
+    result = check_against_baseline(_store_with(tmp_path, "n3.sqlite", [0.95, 0.80, 0.84]),
+                                    base3)
+    row = _status(result, "map", "test", "accuracy")
+    assert row.status == "regressed" and math.isnan(row.p_value)
+
+
+def test_a_hand_edited_value_drops_its_seed_values_with_a_note(store, baseline):
+    _edit(baseline, "map", "test", "accuracy", value=0.94)  # seed values still average 0.91
+    result = check_against_baseline(store, baseline)
+    assert _status(result, "map", "test", "accuracy").status == "regressed"
+    assert any("1 baseline row(s)" in n and "tolerance alone" in n for n in result.notes)
+
+
+def test_malformed_seed_values_raise_baseline_error(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"{_HEADER},ece_bins,config_hash,seed_values\n"
+                    "map,toy,test,ece,0.1,False,0.02,False,0 1,5,c,0.1 x\n")
+    with pytest.raises(BaselineError, match="seed_values '0.1 x' are not numbers"):
+        load_baseline(path)
+    path.write_text(f"{_HEADER},ece_bins,config_hash,seed_values\n"
+                    "map,toy,test,ece,0.1,False,0.02,False,0 1,5,c,0.1\n")
+    with pytest.raises(BaselineError, match="1 seed_values for 2 seeds"):
+        load_baseline(path)
+
+
+def test_cli_names_each_failing_row_with_difference_and_p_value(tmp_path, run_cli):
+    base = write_baseline(_store_with(tmp_path, "b.sqlite", [0.90, 0.91, 0.92]),
+                          tmp_path / "base.csv")
+    worse = _store_with(tmp_path, "w.sqlite", [0.87, 0.88, 0.89])
+    res = run_cli("check", "--baseline", str(base), "--store", str(worse.path))
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = " ".join(res.stdout.split())
+    assert ("regressed: map on toy, test accuracy: baseline 0.9100, current 0.8800, "
+            "difference -0.0300 (tolerance 0.02), p = 0") in out
+    noisy = _store_with(tmp_path, "n.sqlite", [0.95, 0.80, 0.84])
+    res = run_cli("check", "--baseline", str(base), "--store", str(noisy.path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "~" in res.stdout and "within seed noise" in res.stdout

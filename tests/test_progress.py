@@ -57,3 +57,17 @@ def test_the_live_display_shows_each_run_and_evaluating():
         progress.on_result(results[0])
         assert len(progress._progress.tasks) == 1  # the run's line is gone, the grid's stays
         assert progress._progress.tasks[0].completed == 1
+
+
+def test_a_run_its_backbone_cannot_serve_is_counted_and_its_reason_shown():
+    specs, results = specs_and_results()
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, force_terminal=False)
+    with GridProgress(specs, stored=set(), console=console) as progress:
+        progress.on_event(("unsupported", specs[0].key, "mfvi replaces linear layers"))
+        assert progress.completed == 1
+        for r in results[1:]:
+            progress.on_result(r)
+        assert progress.eta() == "done"
+    lines = buf.getvalue().splitlines()
+    assert lines[1] == "skipped map · toy · seed 0: mfvi replaces linear layers"

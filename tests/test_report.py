@@ -47,9 +47,13 @@ def _cell(summary, label, split, metric, dataset="toy"):
     return row.iloc[0]
 
 
-def _table_after(md: str, heading: str) -> list[list[str]]:
-    """Cells of the first Markdown table after ``heading``."""
-    lines = md[md.index(heading):].splitlines()
+def _table_after(md: str, *headings: str) -> list[list[str]]:
+    """Cells of the first Markdown table after ``headings`` (each found after the one
+    before)."""
+    at = 0
+    for heading in headings:
+        at = md.index(heading, at)
+    lines = md[at:].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = []
     for line in lines[start:]:
@@ -81,19 +85,23 @@ def test_summary_csv_holds_hand_computed_means_and_stds(store, tmp_path):
     assert not ((summary.dataset == "tiny") & (summary.split == "shift_mean")).any()
 
 
-def test_std_is_zero_for_a_single_seed(tmp_path):
+def test_std_is_nan_for_a_single_seed(tmp_path):
     store = ResultStore(tmp_path / "one.sqlite")
     store.write(fake_result("map", "toy", 0, 0.9, 0.1))
     agg = aggregate_store(store)
     acc = _cell(agg, "map", "test", "accuracy")
-    assert (acc["mean"], acc["std"], acc["n"]) == (pytest.approx(0.9), 0.0, 1)
+    assert (acc["mean"], acc["n"]) == (pytest.approx(0.9), 1) and math.isnan(acc["std"])
+    write_report(store, tmp_path / "out")
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary["std"].isna().all()  # an empty cell in the CSV, not 0
 
 
 def test_results_csv_has_one_row_per_run_split_metric(store, tmp_path):
     write_report(store, tmp_path / "out")
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     assert list(results.columns) == ["label", "method", "dataset", "seed", "split", "shift_kind",
-                                     "severity", "metric", "value", "quick", "key"]
+                                     "severity", "metric", "value", "quick", "key",
+                                     "config_hash", "git_commit", "finished_at"]
     assert len(results) == 6 * PER_RUN_ROWS + 4 * (8 + 3)  # toy: 6 runs; tiny: 4 runs
     row = results[(results.key == "vi-toy-1-f") & (results.split == "shift/blur/2")
                   & (results.metric == "accuracy")]
@@ -105,23 +113,35 @@ def test_results_csv_has_one_row_per_run_split_metric(store, tmp_path):
 def test_leaderboard_bolds_the_best_cell_direction_aware(store, tmp_path):
     write_report(store, tmp_path / "out")
     md = (tmp_path / "out" / "leaderboard.md").read_text()
-    table = _table_after(md, "## toy")
-    header, rows = table[0], {r[0]: r for r in table[1:]}
-    acc, ece = header.index("accuracy ↑"), header.index("ECE ↓")
+    def table(*headings):
+        cells = _table_after(md, *headings)
+        return cells[0], {r[0]: r for r in cells[1:]}
+
+    header, rows = table("## toy", "**Quality**")
+    acc = header.index("accuracy ↑")
     assert rows["map"][acc] == "**0.920 ± 0.020**"  # higher accuracy wins
-    assert rows["vi"][acc] == "0.850 ± 0.050"
+    # vi - map per seed: -0.10, -0.07, -0.04: t = 4.04 on 2 df, p = 0.056: not worse
+    assert rows["vi"][acc] == "*0.850 ± 0.050*"
+    assert header[-1] == "n" and rows["map"][-1] == "3"
+    header, rows = table("## toy", "**Calibration**")
+    ece = header.index("ECE ↓")
     assert rows["vi"][ece] == "**0.030 ± 0.010**"  # lower ECE wins
-    assert rows["map"][ece] == "0.120 ± 0.020"
+    assert rows["map"][ece] == "0.120 ± 0.020"  # 0.08, 0.09, 0.10 worse: p = 0.004
+    header, rows = table("## toy", "**Cost**")
     params = header.index("parameters ↓")
     assert rows["map"][params] == "**1,000**" and rows["vi"][params] == "2,000"
-    assert header[-1] == "n" and rows["map"][-1] == "3"
-    for column in ("shift accuracy ↑", "OOD AUROC (entropy) ↑", "train s ↓"):
-        assert column in header
+    ratio = header.index("train × map")  # train seconds 10 + seed for every run
+    assert rows["map"][ratio] == "1 ± 0.0909" and rows["vi"][ratio] == "1 ± 0.0909"
+    assert "shift accuracy ↑" in table("## toy", "**Robustness")[0]
+    assert "OOD AUROC (entropy) ↑" in table("## toy", "**OOD detection")[0]
+    assert "train s ↓" in table("## toy", "**Cost**")[0]
     assert "kl_true" not in md and "KL(true" not in md  # absent metrics get no column
     assert "ECE: 5 equal-width bins; adaptive ECE: 5 equal-mass bins" in md
 
     tiny = _table_after(md, "## tiny")
-    assert "shift accuracy ↑" not in tiny[0] and tiny[1][-1] == "2"
+    assert tiny[1][-1] == "2"
+    tiny_section = md[md.index("## tiny"):]
+    assert "**Robustness" not in tiny_section.split("## ", 2)[1]  # no shifted sets there
 
     shift = _table_after(md, "**Accuracy**")
     assert shift[0][:3] == ["method", "severity 1 ↑", "severity 2 ↑"]
@@ -142,8 +162,9 @@ def test_failed_runs_are_listed_with_their_error(store, tmp_path):
 def test_reliability_pngs_are_valid(store, tmp_path):
     paths = write_report(store, tmp_path / "out")
     names = sorted(p.name for p in paths)
-    assert names == ["leaderboard.md", "reliability_tiny.png", "reliability_toy.png",
-                     "results.csv", "summary.csv"]
+    assert names == ["cd_diagram.png", "comparisons.csv", "cost_quality.png",
+                     "leaderboard.md", "reliability_tiny.png", "reliability_toy.png",
+                     "report.html", "results.csv", "summary.csv"]
     for ds in ("toy", "tiny"):
         png = tmp_path / "out" / f"reliability_{ds}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -192,13 +213,18 @@ def test_varying_seed_counts_are_shown_per_cell_and_ties_are_not_bold(store, tmp
     extra = fake_result("vi", "toy", 3, 0.85, 0.03, shift=False)  # vi: 4 seeds, 3 with shift
     store.write(extra)
     write_report(store, tmp_path / "out")
-    table = _table_after((tmp_path / "out" / "leaderboard.md").read_text(), "## toy")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    table = _table_after(md, "## toy", "**Quality**")
     header, rows = table[0], {r[0]: r for r in table[1:]}
-    assert header[-1] != "n"
-    assert rows["vi"][header.index("accuracy ↑")] == "0.850 ± 0.041 (n=4)"
-    assert rows["vi"][header.index("shift accuracy ↑")].endswith("(n=3)")
+    assert header[-1] == "n" and rows["vi"][-1] == "4"
+    assert rows["vi"][header.index("accuracy ↑")] == "*0.850 ± 0.041*"
+    table = _table_after(md, "## toy", "**Robustness")
+    assert {r[0]: r for r in table[1:]}["vi"][-1] == "3"  # seed 3 has no shifted sets
+    table = _table_after(md, "## toy", "**OOD detection")
+    header, rows = table[0], {r[0]: r for r in table[1:]}
+    assert rows["vi"][-1] == "4"
     # every run has the same OOD AUROC: a tie marks nothing
-    assert rows["map"][header.index("OOD AUROC (entropy) ↑")] == "0.800 ± 0.000 (n=3)"
+    assert rows["map"][header.index("OOD AUROC (entropy) ↑")] == "0.800 ± 0.000"
 
 
 def test_pooled_reliability_sums_bins_over_seeds():

@@ -58,6 +58,11 @@ def test_run_one_records_metrics_on_every_split():
     assert sum(result.reliability["counts"]) == 48
     assert result.versions["torch"] == torch.__version__
     assert "fit" not in splits  # map reports no diagnostics
+    # the task's classes are stored beside the spec (reports name classes, mark chance), and
+    # stay out of the run key
+    assert result.spec["task"] == {"num_classes": 8,
+                                   "class_names": [str(d) for d in range(8)]}
+    assert result.key == spec.key and "task" not in spec.to_dict()
 
 
 def test_method_diagnostics_are_stored_under_the_fit_split_and_reported(tmp_path):
@@ -158,7 +163,8 @@ def test_threads_and_device_enter_the_key_only_off_their_defaults(tmp_path):
     assert len({default.config_hash, two.config_hash, cuda.config_hash}) == 3
     # keys of default runs are what they were before these fields existed
     legacy = {k: v for k, v in default.to_dict().items()
-              if k not in ("threads", "device", "method_version", "dataset_version")}
+              if k not in ("threads", "device", "method_version", "dataset_version",
+                           "backbone")}
     from bayesbench.config import _digest
 
     assert default.key == _digest(legacy)[:16]

@@ -3,6 +3,10 @@
 Unlike :class:`concurrent.futures.ProcessPoolExecutor`, one worker dying (killed, out of
 memory) costs only the run it had: the driver knows which run each worker holds, reports that
 run as died, and starts a fresh worker for the next one. Workers never touch the store.
+
+On CUDA the workers share the visible GPUs round-robin (worker i on ``cuda:i % G``), so
+``--workers 4`` on one GPU runs 4 runs on it at once, each in its own process (its own CUDA
+context and RNG: the numbers do not depend on what runs beside it).
 """
 
 from __future__ import annotations
@@ -15,16 +19,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from bayesbench.execution.base import Executor, Finished, device_for_slot
 from bayesbench.execution.worker import worker_main
 
-
-@dataclass
-class Finished:
-    """A run the pool is done with: its result, or why its worker died without one."""
-
-    spec: Any  # RunSpec
-    result: Any = None  # RunResult, or None when the worker died
-    died: str = ""
+__all__ = ["Finished", "LocalPool", "describe_exit"]
 
 
 @dataclass
@@ -46,7 +44,7 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-class LocalPool:
+class LocalPool(Executor):
     """``size`` worker processes (spawned, ``threads`` torch threads each) for ``device``.
 
     ``submit`` hands a spec to an idle worker (starting one if needed); ``poll`` forwards
@@ -55,11 +53,24 @@ class LocalPool:
     """
 
     def __init__(self, size: int, *, threads: int, device: str, versions: dict[str, str],
-                 commit: str | None, on_event: Callable[[tuple], None]) -> None:
+                 commit: str | None, on_event: Callable[[tuple], None],
+                 gpu_count: int | None = None) -> None:
         self._ctx = mp.get_context("spawn")  # fork is unsafe once torch has started threads
-        self._args = (threads, device, versions, commit)
+        self._threads, self._device, self._run_args = threads, device, (versions, commit)
+        if device == "cuda" and gpu_count is None:
+            import torch
+
+            gpu_count = torch.cuda.device_count()
+        self._gpu_count = gpu_count or 0
         self._on_event = on_event
         self._workers: list[_Worker | None] = [None] * size
+        self.description = f"{size} local worker processes"
+        if device == "cuda":
+            self.description += f" sharing {self._gpu_count} GPU(s)"
+
+    def device_of(self, slot: int) -> str:
+        """The device of worker ``slot`` (round-robin over the GPUs on CUDA)."""
+        return device_for_slot(self._device, slot, self._gpu_count)
 
     @property
     def free(self) -> int:
@@ -69,10 +80,11 @@ class LocalPool:
     def running(self) -> list[Any]:
         return [w.spec for w in self._workers if w is not None and w.spec is not None]
 
-    def _start(self) -> _Worker:
+    def _start(self, slot: int) -> _Worker:
         ours, theirs = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=worker_main, args=(theirs, os.getpid(), *self._args),
-                                    daemon=True, name="bayesbench-worker")
+        args = (theirs, os.getpid(), self._threads, self.device_of(slot), *self._run_args)
+        process = self._ctx.Process(target=worker_main, args=args, daemon=True,
+                                    name="bayesbench-worker")
         process.start()
         theirs.close()
         return _Worker(process, ours)
@@ -83,13 +95,13 @@ class LocalPool:
                 self._discard(i)  # an idle worker that died: replace it
                 w = None
             if w is None:
-                w = self._workers[i] = self._start()
+                w = self._workers[i] = self._start(i)
             if w.spec is None:
                 try:
                     w.conn.send(spec)
                 except OSError:  # it died between the check and the send: use a fresh one
                     self._discard(i)
-                    w = self._workers[i] = self._start()
+                    w = self._workers[i] = self._start(i)
                     w.conn.send(spec)
                 w.spec = spec
                 return

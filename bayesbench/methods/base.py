@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bayesbench.backbones import Backbone, TransformerBackbone
 from bayesbench.models import ModelConfig
 from bayesbench.task import Split, Task
 
@@ -57,6 +58,7 @@ class FitContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     on_epoch: EpochCallback | None = None
+    backbone: Backbone = field(default_factory=TransformerBackbone)  # builds the model
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -162,6 +164,14 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str]  # one line for `bayesbench list`
     version: ClassVar[int] = 1
+    requires: ClassVar[frozenset[str]] = frozenset()
+    """The backbone hooks (:data:`bayesbench.backbones.HOOKS`) this method needs."""
+
+    def check_backbone(self, backbone: Backbone) -> str | None:
+        """Why this method, with these parameters, cannot run on ``backbone`` (None: it
+        can); checked before anything trains, the run is then skipped with this reason.
+        Default: the hooks of :attr:`requires`."""
+        return backbone.unsupported(self.requires)
 
     @abstractmethod
     def fit(self, task: Task, ctx: FitContext) -> None:

@@ -18,7 +18,7 @@ from bayesbench.methods.base import (
     make_optimizer,
 )
 from bayesbench.methods.map import MAP
-from bayesbench.models import build_model
+from bayesbench.backbones import Backbone
 from bayesbench.task import Task
 
 
@@ -45,6 +45,10 @@ class DeepEnsemble(Method):
         self.vectorized = vectorized
         self.networks: list[MAP] = []
 
+    def check_backbone(self, backbone: Backbone) -> str | None:
+        reason = backbone.unsupported({"vmap"} if self.vectorized else set())
+        return reason and reason + "; use vectorized: false"
+
     def _member_context(self, ctx: FitContext, m: int) -> FitContext:
         return dataclasses.replace(ctx, seed=ctx.seed * 1000 + m)
 
@@ -70,7 +74,7 @@ class DeepEnsemble(Method):
         for member_ctx in contexts:
             net = MAP()
             torch.manual_seed(member_ctx.seed)  # MAP.fit's initialisation
-            net.model = build_model(task, ctx.model).to(ctx.device)
+            net.model = ctx.backbone.build(task, ctx.model).to(ctx.device)
             net.ctx = member_ctx
             self.networks.append(net)
         models = [net.model for net in self.networks]

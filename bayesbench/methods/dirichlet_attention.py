@@ -79,7 +79,7 @@ from bayesbench.methods.base import (
     predict_batched,
     train_classifier,
 )
-from bayesbench.models import SoftmaxRows, TransformerClassifier, build_model
+from bayesbench.models import SoftmaxRows, TransformerClassifier
 from bayesbench.task import Task
 
 SAMPLERS = ("marsaglia_tsang", "torch")
@@ -584,6 +584,7 @@ class VariationalAttentionMethod(Method):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    requires = frozenset({"rows"})
 
     def __init__(
         self,
@@ -614,19 +615,20 @@ class VariationalAttentionMethod(Method):
         raise NotImplementedError
 
     def fit(self, task: Task, ctx: FitContext) -> None:
-        depth = ctx.model.depth
+        dims = ctx.backbone.dimensions(task, ctx.model)
+        depth = dims.depth
         chosen = set(range(depth)) if self.layers is None else set(self.layers)
         if max(chosen) >= depth:
             raise ValueError(f"{self.name}: layers={self.layers} but the model has {depth} "
                              f"layers (indices 0..{depth - 1})")
         torch.manual_seed(ctx.seed)
         self.ctx = ctx
-        d_head = ctx.model.d_model // ctx.model.heads
+        d_head = dims.d_head
 
         def rows_factory(layer: int, heads: int) -> nn.Module:
             return self.build_rows(heads, d_head) if layer in chosen else SoftmaxRows()
 
-        self.model = build_model(task, ctx.model, rows_factory=rows_factory)
+        self.model = ctx.backbone.build(task, ctx.model, rows_factory=rows_factory)
         self.rows = [m for m in self.model.modules() if isinstance(m, LatentAttentionRows)]
         train_classifier(self.model, task.train, ctx, loss_fn=self.loss)
 

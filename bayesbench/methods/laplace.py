@@ -45,6 +45,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch.nn import functional as F
 
+from bayesbench.backbones import Backbone
 from bayesbench.methods.base import FitContext, Method, predict_batched
 from bayesbench.methods.map import MAP
 from bayesbench.task import Split, Task
@@ -314,6 +315,10 @@ class Laplace(MAP):
         self.ggn: LastLayerGGN | None = None
         self.posterior_seconds = 0.0
         self.log_evidence = float("nan")
+
+    def check_backbone(self, backbone: Backbone) -> str | None:
+        # the posterior sits on the head, over the pooled features
+        return backbone.unsupported({"features"} | ({"rows"} if self.backbone else set()))
 
     def fit(self, task: Task, ctx: FitContext) -> None:
         if self.backbone is None:

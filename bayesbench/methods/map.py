@@ -11,7 +11,7 @@ from bayesbench.methods.base import (
     predict_batched,
     train_classifier,
 )
-from bayesbench.models import TransformerClassifier, build_model
+from bayesbench.models import TransformerClassifier
 from bayesbench.task import Task
 
 
@@ -29,7 +29,7 @@ class MAP(Method):
     def fit(self, task: Task, ctx: FitContext) -> None:
         torch.manual_seed(ctx.seed)
         self.ctx = ctx
-        self.model = build_model(task, ctx.model)
+        self.model = ctx.backbone.build(task, ctx.model)
         train_classifier(self.model, task.train, ctx)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

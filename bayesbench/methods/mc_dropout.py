@@ -8,7 +8,7 @@ import torch
 
 from bayesbench.methods.base import FitContext, predict_batched
 from bayesbench.methods.map import MAP
-from bayesbench.models import enable_dropout
+from bayesbench.backbones import Backbone
 from bayesbench.task import Task
 
 
@@ -22,6 +22,7 @@ class MCDropout(MAP):
 
     name = "mc_dropout"
     description = "dropout kept on at test time (attention dropout too); S sampled masks"
+    requires = frozenset({"dropout"})
 
     def __init__(self, samples: int | None = None, dropout: float | None = None) -> None:
         super().__init__()
@@ -31,6 +32,13 @@ class MCDropout(MAP):
             raise ValueError("dropout must be in (0, 1)")
         self.samples = samples
         self.dropout = dropout
+
+    def check_backbone(self, backbone: Backbone) -> str | None:
+        needs = self.requires | ({"dropout_rate"} if self.dropout is not None else set())
+        reason = backbone.unsupported(needs)
+        if reason and self.dropout is not None and "dropout_rate" not in backbone.hooks():
+            reason += "; leave mc_dropout's dropout unset to use the model's own rate"
+        return reason
 
     def fit(self, task: Task, ctx: FitContext) -> None:
         if self.dropout is not None:
@@ -43,7 +51,7 @@ class MCDropout(MAP):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         assert self.model is not None and self.ctx is not None, "call fit() first"
         s = self.samples or self.ctx.evaluation.mc_samples
-        enable_dropout(self.model)
+        self.ctx.backbone.enable_dropout(self.model)
         try:
             return predict_batched(
                 lambda xb: torch.stack([self.model(xb).softmax(-1) for _ in range(s)]),

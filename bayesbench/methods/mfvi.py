@@ -46,7 +46,8 @@ from bayesbench.methods.base import (
     train_classifier,
 )
 from bayesbench.methods.bayesian_linear import ESTIMATORS, BayesianLinear
-from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier, build_model
+from bayesbench.backbones import Backbone
+from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier
 from bayesbench.priors import make_prior
 from bayesbench.task import Task
 
@@ -125,6 +126,15 @@ class MFVI(Method):
         self.ctx: FitContext | None = None
         self.history: list[float] = []
 
+    def check_backbone(self, backbone: Backbone) -> str | None:
+        needs = {"head"} if self.subset == "last_layer" else {"linear"}
+        if not self.dropout:  # the model's dropout is turned off through ModelConfig
+            needs.add("dropout_rate")
+        reason = backbone.unsupported(needs)
+        if reason and not self.dropout and "dropout_rate" not in backbone.hooks():
+            reason += "; mfvi's dropout: true keeps the model's own dropout"
+        return reason
+
     # -- model ---------------------------------------------------------------------------
 
     def build(self, task: Task, ctx: FitContext) -> TransformerClassifier:
@@ -139,7 +149,7 @@ class MFVI(Method):
 
         model_config = ctx.model if self.dropout else dataclasses.replace(
             ctx.model, dropout=0.0, attention_dropout=0.0)
-        return build_model(task, model_config, linear_factory=linear)
+        return ctx.backbone.build(task, model_config, linear_factory=linear)
 
     def bayesian_layers(self) -> list[BayesianLinear]:
         assert self.model is not None, "call fit() first"

@@ -50,7 +50,7 @@ from bayesbench.methods.base import (
     predict_batched,
     train_classifier,
 )
-from bayesbench.models import TransformerClassifier, build_model
+from bayesbench.models import TransformerClassifier
 from bayesbench.task import Task
 
 PriorGrad = Callable[[torch.Tensor], torch.Tensor]
@@ -188,6 +188,7 @@ class SGHMC(Method):
 
     name = "sghmc"
     description = "cyclical SGHMC over all weights (Gaussian or other prior, temperature)"
+    requires = frozenset({"functional"})  # predicts with functional_call per weight sample
 
     def __init__(
         self,
@@ -235,7 +236,7 @@ class SGHMC(Method):
     def fit(self, task: Task, ctx: FitContext) -> None:
         torch.manual_seed(ctx.seed)
         self.ctx = ctx
-        self.model = build_model(task, ctx.model)
+        self.model = ctx.backbone.build(task, ctx.model)
         self.model.to(ctx.device)
         n = len(task.train)
         total = ctx.training.epochs * math.ceil(n / ctx.training.batch_size)

@@ -61,7 +61,8 @@ from bayesbench.methods.base import (
     predict_batched,
     train_classifier,
 )
-from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier, build_model
+from bayesbench.backbones import Backbone
+from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier
 from bayesbench.task import Task
 
 ENCODER_ROLES = ("attention.qkv", "attention.out", "mlp.in", "mlp.out")
@@ -354,6 +355,13 @@ class SNGP(Method):
         self.model: TransformerClassifier | None = None
         self.ctx: FitContext | None = None
 
+    def check_backbone(self, backbone: Backbone) -> str | None:
+        needs = {"head", "features"} | ({"linear"} if self.spectral_roles else set())
+        reason = backbone.unsupported(needs)
+        if reason and self.spectral_roles and "linear" not in backbone.hooks():
+            reason += "; spectral_roles: [] keeps the GP head alone"
+        return reason
+
     def _linear(self, in_features: int, out_features: int, role: str) -> nn.Module:
         layer = nn.Linear(in_features, out_features)
         if role in self.spectral_roles:
@@ -374,7 +382,7 @@ class SNGP(Method):
     def fit(self, task: Task, ctx: FitContext) -> None:
         torch.manual_seed(ctx.seed)
         self.ctx = ctx
-        self.model = build_model(task, ctx.model, linear_factory=self._linear,
+        self.model = ctx.backbone.build(task, ctx.model, linear_factory=self._linear,
                                  head_factory=self._head)
         train_classifier(self.model, task.train, ctx)
         exact_spectral_norms(self.model)

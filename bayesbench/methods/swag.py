@@ -37,7 +37,6 @@ from torch.func import functional_call
 
 from bayesbench.methods.base import FitContext, make_optimizer, predict_batched, train_classifier
 from bayesbench.methods.map import MAP
-from bayesbench.models import build_model
 from bayesbench.task import Task
 
 TAIL_OPTIMIZERS = ("sgd", "adamw")
@@ -116,6 +115,7 @@ class SWAG(MAP):
     name = "swag"
     version = 2  # 2: samples with the paper's covariance (1 had half of it)
     description = "SWA-Gaussian: diagonal + low-rank Gaussian over the tail of SGD iterates"
+    requires = frozenset({"functional"})  # predicts with functional_call per weight sample
 
     def __init__(
         self,
@@ -164,19 +164,19 @@ class SWAG(MAP):
     def fit(self, task: Task, ctx: FitContext) -> None:
         torch.manual_seed(ctx.seed)
         self.ctx = ctx
-        self.model = build_model(task, ctx.model)
+        self.model = ctx.backbone.build(task, ctx.model)
         epochs = ctx.training.epochs
         head_epochs = min(int(self.start_fraction * epochs), epochs - 1)
         if head_epochs:
             train_classifier(self.model, task.train, ctx, epochs=head_epochs)
-        self.moments = SWAGMoments(sum(p.numel() for p in self.model.parameters()), self.rank)
+        self.moments = SWAGMoments(sum(p.numel() for p in self._trainable()), self.rank)
         steps_per_epoch = math.ceil(len(task.train) / ctx.training.batch_size)
         positions = collection_positions(steps_per_epoch, self.collect_per_epoch)
 
         def collect(step: int) -> None:
             if (step - 1) % steps_per_epoch + 1 in positions:
                 self.moments.collect(  # type: ignore[union-attr]
-                    torch.nn.utils.parameters_to_vector(self.model.parameters()))
+                    torch.nn.utils.parameters_to_vector(self._trainable()))
 
         # a different data order from the head phase's (which replays map's first epochs)
         tail_ctx = dataclasses.replace(ctx, seed=ctx.seed + 1)
@@ -184,15 +184,22 @@ class SWAG(MAP):
                          optimizer=self._tail_optimizer(ctx), on_step_end=collect,
                          phase="swag")
         torch.nn.utils.vector_to_parameters(self.moments.mean.float().to(ctx.device),
-                                            self.model.parameters())
+                                            self._trainable())
         gen = torch.Generator().manual_seed(ctx.seed)
         s = self.samples or ctx.evaluation.mc_samples
         self.weight_samples = self.moments.sample(s, self.scale, gen).float()
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        """The parameters SWAG is over: the trainable ones (all, on the built-in encoder)."""
+        assert self.model is not None
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     def _as_parameters(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         assert self.model is not None
         out, offset = {}, 0
         for name, p in self.model.named_parameters():
+            if not p.requires_grad:  # frozen (e.g. a backbone's train: head): stays put
+                continue
             out[name] = flat[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
         return out

@@ -9,8 +9,9 @@ splits before averaging over seeds:
 * ``severity/<s>`` – mean over the shift kinds at severity ``s``;
 * ``ood_mean``     – mean over the run's OOD sets.
 
-Then, per (label, dataset, split, metric): ``mean``, ``std`` (sample std, ddof = 1; reported
-as 0 when only one seed is available) and ``n`` (number of seeds with a value).
+Then, per (label, dataset, split, metric): ``mean``, ``std`` (sample std, ddof = 1; NaN when
+only one seed is available: a spread cannot be estimated from one value) and ``n`` (number of
+seeds with a value).
 
 Quick (smoke-test) runs and full runs are never mixed: see :func:`select_runs`.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from bayesbench.errors import StoreError
@@ -103,17 +103,18 @@ def add_summary_splits(tidy: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([tidy, *derived], ignore_index=True) if derived else tidy.copy()
 
 
-def aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof = 1; 0 when n = 1) and n over seeds per (label, dataset, split, metric),
-    including the derived summary splits. ``tidy`` must hold one mode (quick or full) only."""
+def aggregate(tidy: pd.DataFrame, full: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean, std (ddof = 1; NaN when n = 1) and n over seeds per (label, dataset, split, metric),
+    including the derived summary splits. ``tidy`` must hold one mode (quick or full) only;
+    ``full``, when given, is ``add_summary_splits(tidy)`` already computed."""
     if tidy["quick"].nunique() > 1:
         raise ValueError("aggregate() got quick and full runs together: use select_runs first")
-    full = add_summary_splits(tidy)
+    full = add_summary_splits(tidy) if full is None else full
     grouped = full.groupby(
         ["label", "method", "dataset", "quick", "split", "metric"], sort=True, dropna=False
     )["value"]
     out = grouped.agg(mean="mean", std="std", n="count").reset_index()
-    out["std"] = np.where(out["n"] <= 1, np.where(out["n"] == 1, 0.0, np.nan), out["std"])
+    out["std"] = out["std"].where(out["n"] > 1)
     out["n"] = out["n"].astype(int)
     return out[AGGREGATE_COLUMNS]
 

@@ -3,15 +3,18 @@
 The baseline
 ------------
 Columns ``method,dataset,split,metric,value,higher_is_better,tolerance``, then
-``quick,seeds,ece_bins,config_hash``. ``method`` holds the method *label* (the name a run is
-reported under), ``value`` the mean over seeds. Only gated metrics (``MetricInfo.gated``) on
-the splits ``test``, ``shift_mean`` and ``ood_mean`` are written, which keeps the file small
-and meaningful. The last four columns say which runs a (method, dataset)'s values came from:
+``quick,seeds,ece_bins,config_hash,seed_values``. ``method`` holds the method *label* (the
+name a run is reported under), ``value`` the mean over seeds. Only gated metrics
+(``MetricInfo.gated``) on the splits ``test``, ``shift_mean`` and ``ood_mean`` are written,
+which keeps the file small and meaningful. The last five columns say which runs a (method,
+dataset)'s values came from:
 
 * ``quick`` – ``True`` for quick-budget runs, ``False`` for full runs (one kind per file);
 * ``seeds`` – the base seeds averaged, space-separated (``0 1 2``);
 * ``ece_bins`` – those runs' ``evaluation.ece_bins``;
-* ``config_hash`` – those runs' :attr:`RunSpec.config_hash` (every setting but the seed).
+* ``config_hash`` – those runs' :attr:`RunSpec.config_hash` (every setting but the seed);
+* ``seed_values`` – the per-seed values behind ``value``, space-separated in the order of
+  ``seeds`` (``nan`` where a seed has none), for the significance test below.
 
 A cell is empty where the source did not know it (a baseline written from aggregates has no
 seeds). A baseline without these columns (the older format) still loads; its kind and seeds
@@ -43,7 +46,14 @@ higher-is-better metrics (``b - c`` otherwise):
 * ``failed`` if the latest run of any seed of the row's (method, dataset) failed; the error is
   in the row's ``detail``;
 * ``missing`` if a baseline seed has no complete run or there is no (finite) current value;
-* ``regressed`` if ``better < -t``; ``improved`` if ``better > t``; else ``ok``.
+* ``regressed`` if ``better < -t``; ``improved`` if ``better > t``; else ``ok``;
+* **significance** (as ``asv compare`` does): when the baseline row has per-seed values (and
+  they average to its ``value``: a hand-edited value drops them) and both sides have values
+  for 3 or more shared seeds, a change beyond the tolerance counts only if a two-sided
+  paired t-test over those seeds (same seed = same data split) gives p < 0.05; otherwise the
+  row is ``ok`` with ``mark`` ``~`` (a change within seed noise). With fewer seeds, or a
+  baseline without per-seed values (the older format), the tolerance alone decides, and
+  ``p_value`` is NaN.
 
 ``failed``, ``missing`` and ``regressed`` fail the gate (exit code 1): a method or metric that
 breaks or silently disappears must not pass CI. Rows in the current results without a
@@ -72,18 +82,21 @@ from bayesbench.report.aggregate import (
     OOD_MEAN,
     SHIFT_MEAN,
     TIDY_COLUMNS,
+    add_summary_splits,
     aggregate,
     latest_runs,
     select_runs,
 )
-from bayesbench.report.leaderboard import atomic_write
+from bayesbench.report.files import atomic_write
+from bayesbench.report.stats import ALPHA, paired_t_pvalue
 from bayesbench.results import TEST_SPLIT
 from bayesbench.store import ResultStore
 
 BASELINE_COLUMNS = ["method", "dataset", "split", "metric", "value", "higher_is_better",
                     "tolerance"]
 # Where the values came from; optional on reading (older baselines lack them).
-PROVENANCE_COLUMNS = ["quick", "seeds", "ece_bins", "config_hash"]
+PROVENANCE_COLUMNS = ["quick", "seeds", "ece_bins", "config_hash", "seed_values"]
+SIGNIFICANCE_MIN_SEEDS = 3  # below this on either side the tolerance alone decides
 GATED_SPLITS = (TEST_SPLIT, SHIFT_MEAN, OOD_MEAN)
 BINNED_METRICS = frozenset({"ece", "mce", "adaptive_ece"})
 _KEY = ["method", "dataset", "split", "metric"]
@@ -224,7 +237,13 @@ def baseline_frame(aggregates_or_store: ResultStore | pd.DataFrame | str | os.Pa
     seeds: dict[tuple[str, str], str] = {}
     hashes: dict[tuple[str, str], str] = {}
     bins: dict[tuple[str, str], str] = {}
+    per_seed: list[str] = [""] * len(rows)
     if current.tidy is not None:
+        table = _per_seed_table(current.tidy)
+        seeds_of = {(str(lab), str(ds)): sorted({int(x) for x in g["seed"]}) for (lab, ds), g
+                    in current.tidy.drop_duplicates("key").groupby(["label", "dataset"])}
+        per_seed = [_seed_text(table, (lab, ds, sp, me), seeds_of.get((lab, ds), []))
+                    for (lab, ds), sp, me in zip(pairs, rows["split"], rows["metric"])]
         runs = current.tidy.drop_duplicates("key")
         if current.all_runs is not None and "config_hash" in current.all_runs.columns:
             runs = runs.merge(current.all_runs[["key", "config_hash"]], on="key", how="left")
@@ -246,8 +265,29 @@ def baseline_frame(aggregates_or_store: ResultStore | pd.DataFrame | str | os.Pa
         "seeds": [seeds.get(p, "") for p in pairs],
         "ece_bins": [bins.get(p, "") for p in pairs],
         "config_hash": [hashes.get(p, "") for p in pairs],
+        "seed_values": per_seed,
     })
     return out.sort_values(_KEY).reset_index(drop=True)
+
+
+def _per_seed_table(tidy: pd.DataFrame) -> dict[tuple[str, str, str, str], dict[int, float]]:
+    """(label, dataset, split, metric) -> {seed: value} of the gated splits, derived summary
+    splits included."""
+    full = add_summary_splits(tidy)
+    full = full[full["split"].isin(GATED_SPLITS)]
+    out: dict[tuple[str, str, str, str], dict[int, float]] = {}
+    for lab, ds, sp, me, seed, value in zip(full["label"].astype(str),
+                                             full["dataset"].astype(str), full["split"],
+                                             full["metric"], full["seed"],
+                                             full["value"].astype(float)):
+        out.setdefault((lab, ds, sp, me), {})[int(seed)] = value
+    return out
+
+
+def _seed_text(table: dict, key: tuple[str, str, str, str], seeds: list[int]) -> str:
+    """Per-seed values in seed order, full precision ('nan' for a seed without one)."""
+    values = table.get(key, {})
+    return " ".join(repr(float(values.get(s, math.nan))) for s in seeds)
 
 
 def write_baseline(aggregates_or_store: ResultStore | pd.DataFrame | str | os.PathLike[str],
@@ -289,6 +329,7 @@ def _provenance(raw: pd.DataFrame, source: str) -> dict[str, list]:
     for i, row in enumerate(raw.itertuples(index=False)):
         where = f"row {i + 1} (line {i + 2})"
         text = row.quick.lower() if "quick" in raw.columns else ""
+        # seed_values are parsed below, once the seeds are known
         if text and text not in _TRUE | _FALSE:
             raise _fail(source, f"{where}: quick '{row.quick}' is not a boolean",
                         "write True (quick runs) or False (full runs), or leave it empty")
@@ -308,6 +349,22 @@ def _provenance(raw: pd.DataFrame, source: str) -> dict[str, list]:
                     f"{', '.join(lines[:5])}{' ...' if len(lines) > 5 else ''})",
                     "a baseline comes from one kind of runs; write it again with `bayesbench "
                     "report --quick|--full --write-baseline PATH`")
+    for i, cell in enumerate(raw["seed_values"] if "seed_values" in raw.columns
+                             else [""] * len(raw)):
+        where = f"row {i + 1} (line {i + 2})"
+        items = [t for t in re.split(r"[\s,;]+", cell) if t]
+        try:
+            values = tuple(float(t) for t in items) if items else None
+        except ValueError:
+            raise _fail(source, f"{where}: seed_values '{cell}' are not numbers",
+                        "write the per-seed values separated by spaces in the order of "
+                        "seeds, or leave it empty") from None
+        seeds = out["seeds"][i]
+        if values is not None and (seeds is None or len(values) != len(seeds)):
+            raise _fail(source, f"{where}: {len(values)} seed_values for "
+                        f"{len(seeds) if seeds else 'no'} seeds",
+                        "give one value per seed, in the order of seeds, or leave it empty")
+        out["seed_values"].append(values)
     seen: dict[tuple[str, str], tuple | None] = {}
     for i, (method, dataset, seeds) in enumerate(zip(raw["method"], raw["dataset"],
                                                      out["seeds"])):
@@ -435,6 +492,8 @@ class GateRow:
     tolerance: float
     status: GateStatus
     detail: str = ""  # why a row is failed or missing (the runs' errors, the seeds lacking)
+    p_value: float = math.nan  # paired t-test over shared seeds; NaN when not tested
+    mark: str = ""  # "~": beyond the tolerance but not significant (counted as ok)
 
 
 @dataclass
@@ -530,7 +589,8 @@ def _failures(runs: pd.DataFrame | None) -> dict[tuple[str, str], str]:
             .itertuples(index=False):
         when = f", finished {r.finished_at}" if isinstance(r.finished_at, str) \
             and r.finished_at else ""
-        error = r.error if isinstance(r.error, str) and r.error else "no error recorded"
+        error = r.error.split("\n", 1)[0] if isinstance(r.error, str) and r.error \
+            else "no error recorded"  # the summary line; `bayesbench show KEY` has the traceback
         out.setdefault((str(r.label), str(r.dataset)), []).append(
             f"seed {r.seed}: run {r.key}{when} failed: {error}")
     return {pair: "; ".join(errors) for pair, errors in out.items()}
@@ -655,6 +715,8 @@ def check_against_baseline(
                      f"version changed; gated all the same")
 
     failures = _failures(current.runs)
+    per_seed = _per_seed_table(tidy) if current.tidy is not None and len(tidy) else {}
+    dropped = 0
     values = {
         (str(r.label), str(r.dataset), r.split, r.metric): float(r.mean)
         for r in agg.itertuples(index=False)
@@ -683,9 +745,37 @@ def check_against_baseline(
             slack = tol + 1e-12 * max(1.0, abs(b.value))  # float noise is never a regression
             status = ("regressed" if better < -slack else "improved" if better > slack
                       else "ok")
+            p_value, usable = _significance(b, per_seed.get((b.method, b.dataset, b.split,
+                                                              b.metric), {}))
+            dropped += not usable
+            mark = ""
+            if status != "ok" and p_value >= ALPHA:  # NaN (no test) compares False
+                status, mark = "ok", "~"
             rows.append(GateRow(b.method, b.dataset, b.split, b.metric, b.value, cur, delta,
-                                tol, status))
+                                tol, status, p_value=p_value, mark=mark))
             continue
         rows.append(GateRow(b.method, b.dataset, b.split, b.metric, b.value, math.nan,
                             math.nan, tol, status, detail))
+    if dropped:
+        notes.append(f"{dropped} baseline row(s) of {source} have per-seed values that do not "
+                     "average to their value (edited by hand?): those rows are gated on the "
+                     "tolerance alone")
     return GateResult(rows, current.quick, notes)
+
+
+def _significance(row: Any, current: dict[int, float]) -> tuple[float, bool]:
+    """(p-value of the paired t-test of the current against the baseline per-seed values over
+    the seeds both have, NaN when either side has fewer than
+    :data:`SIGNIFICANCE_MIN_SEEDS`; whether the row's per-seed values were usable)."""
+    seeds, base = row.seeds, row.seed_values
+    if not seeds or not base:
+        return math.nan, True
+    finite = [v for v in base if math.isfinite(v)]
+    if not finite or not math.isclose(sum(finite) / len(finite), row.value, rel_tol=1e-9,
+                                      abs_tol=1e-12):
+        return math.nan, False
+    pairs = [(current[s], b) for s, b in zip(seeds, base)
+             if s in current and math.isfinite(b) and math.isfinite(current[s])]
+    if len(pairs) < SIGNIFICANCE_MIN_SEEDS:
+        return math.nan, True
+    return paired_t_pvalue([c for c, _ in pairs], [b for _, b in pairs]), True

@@ -1,4 +1,7 @@
-"""The report: leaderboard.md, results.csv, summary.csv and reliability diagrams.
+"""The report: leaderboard.md (summary across datasets first, then per dataset quality /
+calibration / robustness / OOD / cost tables), report.html, results.csv, summary.csv,
+comparisons.csv and the figures, all read from one selection of runs
+(:mod:`bayesbench.report.selection`).
 
 Every file is written to a temporary file in the output folder and moved into place with
 ``os.replace``, so a reader never sees a half-written report.
@@ -6,89 +9,92 @@ Every file is written to a temporary file in the output folder and moved into pl
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 import os
 import re
-import tempfile
-from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from bayesbench.errors import OutputPathError, StoreError
+from bayesbench.errors import StoreError
 from bayesbench.metrics import METRICS
-from bayesbench.report.aggregate import OOD_MEAN, SHIFT_MEAN, aggregate, select_runs
-from bayesbench.report.figures import reliability_png
+from bayesbench.report.aggregate import OOD_MEAN, SHIFT_MEAN, add_summary_splits, aggregate
+from bayesbench.report.figures import cd_diagram_png, cost_quality_png, reliability_png
+from bayesbench.report.files import (  # noqa: F401  (re-exported: the names callers import)
+    MAX_NAME_PART,
+    _safe_name,
+    atomic_write,
+    check_output_file,
+    check_output_folder,
+    markdown_table,
+    safe_file_name,
+    unique_file_names,
+)
+from bayesbench.report.selection import select_store_runs
+from bayesbench.report.summary import (
+    DEGENERATE_MARGIN,
+    chance_levels,
+    cross_dataset_summary,
+    degenerate_pairs,
+    not_worse_than_best,
+    per_seed_values,
+)
 from bayesbench.report.sweeps import write_sweeps
+from bayesbench.report.tidy import tidy_summary
 from bayesbench.results import COST_SPLIT, FIT_SPLIT, TEST_SPLIT, RunResult
 from bayesbench.store import ResultStore
 
 RESULTS_COLUMNS = ["label", "method", "dataset", "seed", "split", "shift_kind", "severity",
-                   "metric", "value", "quick", "key"]
+                   "metric", "value", "quick", "key", "config_hash", "git_commit", "finished_at"]
 
-# (split, metric, header) of the main table; columns without any value are left out.
-MAIN_COLUMNS: list[tuple[str, str, str]] = [
+# (split, metric, header) per table of a dataset's section; columns without values are left out.
+QUALITY_COLUMNS: list[tuple[str, str, str]] = [
     (TEST_SPLIT, "accuracy", "accuracy"),
     (TEST_SPLIT, "nll", "NLL"),
     (TEST_SPLIT, "brier", "Brier"),
-    (TEST_SPLIT, "ece", "ECE"),
-    (TEST_SPLIT, "adaptive_ece", "adaptive ECE"),
-    (TEST_SPLIT, "mce", "MCE"),
     (TEST_SPLIT, "aurc", "AURC"),
     (TEST_SPLIT, "kl_true", "KL(true‖pred)"),
     (TEST_SPLIT, "prob_rmse_true", "prob RMSE vs true"),
+]
+CALIBRATION_COLUMNS: list[tuple[str, str, str]] = [
+    (TEST_SPLIT, "ece", "ECE"),
+    (TEST_SPLIT, "adaptive_ece", "adaptive ECE"),
+    (TEST_SPLIT, "mce", "MCE"),
+]
+ROBUSTNESS_COLUMNS: list[tuple[str, str, str]] = [
     (SHIFT_MEAN, "accuracy", "shift accuracy"),
+    (SHIFT_MEAN, "nll", "shift NLL"),
     (SHIFT_MEAN, "ece", "shift ECE"),
+]
+OOD_COLUMNS: list[tuple[str, str, str]] = [
     (OOD_MEAN, "auroc_max_prob", "OOD AUROC (max prob)"),
     (OOD_MEAN, "auroc_entropy", "OOD AUROC (entropy)"),
+    (OOD_MEAN, "auroc_mutual_info", "OOD AUROC (mutual info)"),
+    (OOD_MEAN, "fpr95_entropy", "OOD FPR95 (entropy)"),
+]
+TRAIN_RATIO = "train_time_ratio"  # derived per dataset: a run's train seconds / map's mean
+COST_COLUMNS: list[tuple[str, str, str]] = [
     (COST_SPLIT, "train_seconds", "train s"),
+    (COST_SPLIT, TRAIN_RATIO, "train × map"),
     (COST_SPLIT, "predict_seconds_per_1000", "predict s / 1000"),
     (COST_SPLIT, "num_parameters", "parameters"),
 ]
+DATASET_TABLES: list[tuple[str, list[tuple[str, str, str]]]] = [
+    ("Quality", QUALITY_COLUMNS),
+    ("Calibration", CALIBRATION_COLUMNS),
+    ("Robustness (mean over shift kinds and severities)", ROBUSTNESS_COLUMNS),
+    ("OOD detection (mean over OOD sets; OOD is the positive class)", OOD_COLUMNS),
+    ("Cost", COST_COLUMNS),
+]
+MAIN_COLUMNS: list[tuple[str, str, str]] = [c for _, cols in DATASET_TABLES for c in cols]
 _SECONDS = {"train_seconds", "predict_seconds_per_1000"}
 _OOD_KINDS = [("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95")]
 _OOD_SCORES = [("entropy", "predictive entropy"), ("max_prob", "maximum probability")]
 _MISSING = "–"
 
 
-# -- small writers -------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
-                   align: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table; ``align`` per column is "l" or "r" (default: first
-    column left, the rest right). Pipes inside cells are escaped."""
-    def esc(cell: object) -> str:
-        return str(cell).replace("|", "\\|").replace("\n", " ")
-
-    align = align or ["l"] + ["r"] * (len(headers) - 1)
-    rule = [":---" if a == "l" else "---:" for a in align]
-    lines = ["| " + " | ".join(esc(h) for h in headers) + " |",
-             "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+# -- formatting ------------------------------------------------------------------------------
 
 
 def format_value(value: float, metric: str) -> str:
@@ -111,89 +117,22 @@ def format_cell(mean: float, std: float, n: int, metric: str) -> str:
     return f"{text} ± {format_value(std, metric)}"
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-MAX_NAME_PART = 80
-"""Longest label or dataset name used as is in a file name (file systems allow 255 bytes)."""
-
-
-def _short_hash(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:8]
-
-
-def safe_file_name(name: str) -> str:
-    """A file-name part for ``name``: ``name`` itself when it is made of ``A-Za-z0-9_.-``
-    only and at most :data:`MAX_NAME_PART` characters (so existing report names stay), else
-    its slug (other characters as ``_``, cut to 60) + ``-`` + 8 hex digits of its SHA-256, so
-    ``a b`` and ``a_b`` never share a file."""
-    slug = _UNSAFE.sub("_", name)
-    if slug == name and 0 < len(name) <= MAX_NAME_PART:
-        return name
-    return f"{slug[:60]}-{_short_hash(name)}"
-
-
-_safe_name = safe_file_name  # the name other modules import
-
-
-def unique_file_names(keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
-    """One file-name stem per key (e.g. ``(dataset,)`` or ``(dataset, group)``): the parts'
-    :func:`safe_file_name` joined by ``_``, plus a hash of the key where two keys would
-    otherwise share a stem, also ignoring case (``("a_b", "c")`` vs ``("a", "b_c")``, or
-    ``Digits`` vs ``digits`` on macOS and Windows)."""
-    stems = {key: "_".join(safe_file_name(part) for part in key) for key in dict.fromkeys(keys)}
-    by_stem: dict[str, list[Hashable]] = defaultdict(list)
-    for key, stem in stems.items():
-        by_stem[stem.lower()].append(key)
-    return {key: stem if len(by_stem[stem.lower()]) == 1 else f"{stem}-{_short_hash(*key)}"
-            for key, stem in stems.items()}
-
-
-def check_output_folder(path: str | os.PathLike[str], what: str = "--out") -> Path:
-    """Raise :class:`OutputPathError` (naming ``what``) unless ``path`` is a folder, or can be
-    made one, that this process may write; call it before writing anything."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise OutputPathError(f"{what} {p}: is an existing file, not a folder; give a folder "
-                              "path (it is created if missing)")
-    _check_writable_parent(p, what)
-    return p
-
-
-def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
-    """Raise :class:`OutputPathError` unless ``path`` can be written as a file."""
-    p = Path(path)
-    if p.is_dir():
-        raise OutputPathError(f"{what} {p}: is a folder; give a file path, e.g. "
-                              f"{p / 'baseline.csv'}")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise OutputPathError(f"{what} {p}: the file is not writable; check its permissions")
-    _check_writable_parent(p.parent, what, shown=p)
-    return p
-
-
-def _check_writable_parent(folder: Path, what: str, shown: Path | None = None) -> None:
-    """The nearest existing folder at or above ``folder`` must be a writable folder."""
-    shown = shown if shown is not None else folder
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputPathError(f"{what} {shown}: '{existing}' is a file, so no folder can be "
-                              "made there; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{what} {shown}: the folder '{existing}' is not writable; "
-                              "choose another path or fix its permissions")
-
-
 # -- tables ----------------------------------------------------------------------------------
 
 
 def metric_table(agg: pd.DataFrame, labels: Sequence[str],
-                 columns: Sequence[tuple[str, str, str]], drop_empty: bool = True) -> str:
+                 columns: Sequence[tuple[str, str, str]], drop_empty: bool = True,
+                 tied: set[tuple[str, str, str]] | frozenset = frozenset(),
+                 exclude: set[str] | frozenset = frozenset()) -> str:
     """Markdown table: rows ``labels``, one column per (split, metric, header) of ``agg``
     (one dataset's aggregates). Cells are "mean ± std"; the best mean of each column is bold
-    (direction from METRICS; ties at display precision all bold; no bold when all rows tie).
-    When every row has a
+    (direction from METRICS; ties at display precision all bold; no bold when all rows tie),
+    and cells whose (label, split, metric) is in ``tied`` (not significantly worse than the
+    best: :func:`not_worse_than_best`) are in italics. Labels in ``exclude`` (degenerate
+    methods) are never marked and get a † after their name. When every row has a
     constant number of seeds n, one ``n`` column shows it; otherwise each cell says (n=k)."""
+    wanted = {(sp, me) for sp, me, _ in columns}
+    agg = agg[[key in wanted for key in zip(agg["split"], agg["metric"])]]
     index = agg.set_index(["label", "split", "metric"])[["mean", "std", "n"]]
     lookup = {k: tuple(v) for k, v in zip(index.index, index.itertuples(index=False))}
     cols = [c for c in columns
@@ -210,10 +149,12 @@ def metric_table(agg: pd.DataFrame, labels: Sequence[str],
         shown = {lab: format_value(lookup[(lab, split, metric)][0], metric) for lab in labels
                  if _has(lookup.get((lab, split, metric)))}
         best = None
-        if len(set(shown.values())) > 1 and info is not None:  # all tied: nothing to mark
-            means = {lab: lookup[(lab, split, metric)][0] for lab in shown}
+        candidates = {lab: text for lab, text in shown.items() if lab not in exclude}
+        if len(set(shown.values())) > 1 and info is not None and candidates:
+            # all tied: nothing to mark
+            means = {lab: lookup[(lab, split, metric)][0] for lab in candidates}
             pick = max if info.higher_is_better else min
-            best = shown[pick(means, key=means.__getitem__)]
+            best = candidates[pick(means, key=means.__getitem__)]
         for lab in labels:
             entry = lookup.get((lab, split, metric))
             if not _has(entry):
@@ -221,8 +162,12 @@ def metric_table(agg: pd.DataFrame, labels: Sequence[str],
                 continue
             mean, std, n = entry
             text = format_cell(mean, std, int(n), metric)
-            if shown[lab] == best:
+            if lab in exclude:
+                pass
+            elif shown[lab] == best:
                 text = f"**{text}**"
+            elif best is not None and (lab, split, metric) in tied:
+                text = f"*{text}*"
             if per_cell_n:
                 text += f" (n={int(n)})"
             cells[(lab, j)] = text
@@ -232,7 +177,8 @@ def metric_table(agg: pd.DataFrame, labels: Sequence[str],
         headers.append("n")
     rows = []
     for lab in labels:
-        row = [lab] + [cells[(lab, j)] for j in range(len(cols))]
+        row = [f"{lab} †" if lab in exclude else lab] + [cells[(lab, j)]
+                                                         for j in range(len(cols))]
         if not per_cell_n:
             row.append(str(next(iter(row_ns[lab]))) if row_ns[lab] else _MISSING)
         rows.append(row)
@@ -241,6 +187,33 @@ def metric_table(agg: pd.DataFrame, labels: Sequence[str],
 
 def _has(entry: tuple[float, float, int] | None) -> bool:
     return entry is not None and not (isinstance(entry[0], float) and math.isnan(entry[0]))
+
+
+def _classes_line(runs: Sequence[RunResult]) -> str:
+    """'Classes (2): benign, malignant.' from the runs' ``spec["task"]["class_names"]`` (the
+    dataset's own class names, recorded by the run); empty when no run records them."""
+    for run in runs:
+        names = (((run.spec or {}).get("task") or {}).get("class_names"))
+        if names:
+            return f"Classes ({len(names)}): {', '.join(str(n) for n in names)}."
+    return ""
+
+
+def _shift_files_line(runs: Sequence[RunResult]) -> str:
+    """For a ``files`` dataset: which of the user's files each shift kind's severities are
+    (``dataset_params.shifted``: kind -> one file per severity, severity 1 first)."""
+    for run in runs:
+        shifted = ((run.spec or {}).get("dataset_params") or {}).get("shifted")
+        if isinstance(shifted, dict) and shifted:
+            parts = []
+            for kind, files in sorted(shifted.items()):
+                if isinstance(files, (list, tuple)):
+                    named = ", ".join(f"severity {i} = `{Path(str(f)).name}`"
+                                      for i, f in enumerate(files, 1))
+                    parts.append(f"{kind}: {named}")
+            if parts:
+                return "Shift files: " + "; ".join(parts) + "."
+    return ""
 
 
 def _binning_line(runs: Sequence[RunResult]) -> str:
@@ -258,7 +231,7 @@ def _binning_line(runs: Sequence[RunResult]) -> str:
 
     mixed = " (runs differ in binning: compare with care)" if len(ece_bins) > 1 else ""
     return (f"ECE: {join(ece_bins)} equal-width bins; adaptive ECE: {join(adaptive_bins)} "
-            f"equal-mass bins{mixed}.")
+            f"equal-mass bins; confidence = the maximum predicted probability{mixed}.")
 
 
 def _shift_tables(agg: pd.DataFrame, labels: Sequence[str]) -> list[str]:
@@ -324,11 +297,19 @@ def _failed_section(failed: Sequence[RunResult]) -> list[str]:
 # -- the report --------------------------------------------------------------------------------
 
 
-def results_frame(tidy: pd.DataFrame) -> pd.DataFrame:
-    """The results.csv layout: tidy rows plus the shift kind and severity parsed from split."""
+def results_frame(tidy: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The results.csv layout: tidy rows plus the shift kind and severity parsed from split,
+    and each run's provenance (config hash, git commit, finish time) from ``runs``."""
     parts = tidy["split"].str.extract(r"^shift/(?P<kind>[^/]+)/(?P<severity>\d+)$")
     out = tidy.assign(shift_kind=parts["kind"],
                       severity=pd.to_numeric(parts["severity"]).astype("Int64"))
+    prov = ["config_hash", "git_commit", "finished_at"]
+    if runs is not None and len(out):
+        out = out.drop(columns=[c for c in prov if c in out.columns]).merge(
+            runs[["key", *prov]], on="key", how="left")
+    for col in prov:
+        if col not in out.columns:
+            out[col] = None
     return out[RESULTS_COLUMNS].reset_index(drop=True)
 
 
@@ -345,62 +326,157 @@ def _no_runs_error(store: ResultStore, failed: Sequence[RunResult], quick: bool)
     return StoreError(f"no complete {mode} runs in {store.path}: run `bayesbench run` first")
 
 
-def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                 quick: bool | None = None) -> list[Path]:
-    """Write leaderboard.md, results.csv, summary.csv, reliability_<dataset>.png and, for
-    swept method groups, sweep_<dataset>_<group>.png (:mod:`bayesbench.report.sweeps`).
+def _train_ratio_rows(agg: pd.DataFrame, values: pd.DataFrame, reference: str | None
+                      ) -> pd.DataFrame:
+    """Aggregate rows of (cost, train_time_ratio): each run's train seconds divided by the
+    reference label's mean train seconds on the same dataset, mean ± std over seeds."""
+    if reference is None:
+        return agg.iloc[0:0]
+    train = values[(values["split"] == COST_SPLIT) & (values["metric"] == "train_seconds")]
+    ref = train[train["label"] == reference].groupby("dataset")["value"].mean()
+    ratio = train.assign(value=train["value"] / train["dataset"].map(ref))
+    ratio = ratio[ratio["value"].notna()]
+    if ratio.empty:
+        return agg.iloc[0:0]
+    quick = bool(agg["quick"].iloc[0])
+    out = ratio.groupby(["label", "method", "dataset"], sort=True)["value"].agg(
+        mean="mean", std="std", n="count").reset_index()
+    return out.assign(quick=quick, split=COST_SPLIT, metric=TRAIN_RATIO)[list(agg.columns)]
 
-    ``quick=None`` reports full runs when the store has any, else quick runs; quick and full
-    runs are never mixed. Returns the written paths. Raises :class:`StoreError` when the store
-    holds no complete run of that mode.
+
+def _details(title: str, blocks: Sequence[str]) -> list[str]:
+    """A collapsed ``<details>`` section (GitHub renders it; so does report.html)."""
+    if not blocks:
+        return []
+    return [f"<details><summary>{title}</summary>", "", *[b + "\n" for b in blocks],
+            "</details>", ""]
+
+
+_HEADER_RE = re.compile(r"^(\d+) complete (quick|full) runs")
+
+
+def replacement_note(path: Path, runs: int, quick: bool) -> str | None:
+    """A note when ``path`` (an existing leaderboard.md) reports other runs than the one about
+    to replace it: another kind (quick / full) or another number of runs; None otherwise."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[:5]
+    except OSError:
+        return None
+    found = next((m for line in lines if (m := _HEADER_RE.match(line))), None)
+    if found is None:
+        return None
+    old_runs, old_kind = int(found.group(1)), found.group(2)
+    kind = "quick" if quick else "full"
+    if (old_runs, old_kind) == (runs, kind):
+        return None
+    return (f"replacing {path} ({old_runs} complete {old_kind} runs) with a report of {runs} "
+            f"complete {kind} runs")
+
+
+def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                 quick: bool | None = None, html: bool = True,
+                 notes: list[str] | None = None) -> list[Path]:
+    """Write leaderboard.md (summary across datasets first), results.csv, summary.csv,
+    comparisons.csv, cd_diagram.png, cost_quality.png, reliability_<dataset>.png, for swept
+    method groups sweep_<dataset>_<group>.png (:mod:`bayesbench.report.sweeps`), and, with
+    ``html``, a self-contained report.html. When ``notes`` is a list, a note is appended to it
+    if the folder held a leaderboard of other runs (:func:`replacement_note`).
+
+    Every file reads one selection of runs (:func:`bayesbench.report.selection.
+    select_store_runs`): one kind (``quick=None``: full runs when the store has any, else
+    quick), the latest complete run per (label, dataset, seed). Returns the written paths.
+    Raises :class:`StoreError` when the store holds no complete run of that mode.
     """
     out_dir = check_output_folder(out_dir, "report folder")
     if not isinstance(store, ResultStore):
         store = ResultStore.open_existing(store)
-    tidy, quick = select_runs(store.metrics_frame(), quick)
-    all_runs = [r for r in store.results() if r.quick == quick]
-    complete = [r for r in all_runs if r.status == "complete"]
-    failed = [r for r in all_runs if r.status == "failed"]
+    sel = select_store_runs(store, quick)
+    quick, tidy, complete, failed = sel.quick, sel.tidy, sel.complete, sel.failed
     if tidy.empty or not complete:
         raise _no_runs_error(store, failed, quick)
 
-    agg = aggregate(tidy)
+    full = add_summary_splits(tidy)  # once: the aggregates and the paired tests share it
+    agg = aggregate(tidy, full)
+    note = replacement_note(out_dir / "leaderboard.md", len(sel.runs), quick)
+    if note and notes is not None:
+        notes.append(note)
+    values = per_seed_values(tidy, full)
+    degenerate = degenerate_pairs(agg, chance_levels(complete))
+    summary = cross_dataset_summary(values, degenerate=degenerate)
+    agg_shown = pd.concat([agg, _train_ratio_rows(agg, values, summary.reference)],
+                          ignore_index=True)
+    tied = not_worse_than_best(agg_shown, values, MAIN_COLUMNS, exclude=set(degenerate))
+    comparisons = summary.comparisons
     written = [
-        atomic_write(out_dir / "results.csv", results_frame(tidy).to_csv(index=False)),
-        atomic_write(out_dir / "summary.csv", agg.to_csv(index=False)),
+        atomic_write(out_dir / "results.csv", results_frame(tidy, sel.runs).to_csv(index=False)),
+        atomic_write(out_dir / "summary.csv",
+                     tidy_summary(agg, complete).to_csv(index=False)),
+        atomic_write(out_dir / "comparisons.csv", comparisons.to_csv(index=False)),
+        atomic_write(out_dir / "cd_diagram.png", cd_diagram_png(summary.rankings)),
     ]
+    figures = ["cd_diagram.png"]
+    if summary.reference is not None:
+        ratio = agg_shown[agg_shown["metric"] == TRAIN_RATIO][["dataset", "label", "mean"]]
+        test = agg[agg["split"] == TEST_SPLIT].pivot_table(
+            index=["dataset", "label"], columns="metric", values="mean", aggfunc="first")
+        points = ratio.rename(columns={"mean": "ratio"}).merge(
+            test.reindex(columns=["nll", "ece"]).reset_index(), on=["dataset", "label"],
+            how="left")
+        written.append(atomic_write(out_dir / "cost_quality.png",
+                                    cost_quality_png(points, summary.reference)))
+        figures.append("cost_quality.png")
 
-    datasets = sorted(agg["dataset"].unique())
+    datasets = sel.datasets
     stems = unique_file_names([(d,) for d in datasets])
-    mode = ("quick runs (smoke-test settings: not comparable with full runs)" if quick
-            else "full runs")
-    commits = sorted({r.git_commit for r in complete if r.git_commit})
-    configs = sorted({r.config_hash for r in complete})
     md = ["# bayesbench leaderboard", "",
-          f"{len(complete)} complete {mode}, {len(failed)} failed, from `{store.path}`.",
-          f"Config hash: {', '.join(f'`{c}`' for c in configs)}"
-          + (f"; git commit: {', '.join(f'`{c}`' for c in commits)}." if commits else "."),
-          "",
-          "Cells are mean ± std over seeds (sample std, ddof = 1); n is the number of seeds. "
-          "**Bold** is the best value in its column; ↑ higher is better, ↓ lower is better.",
+          sel.header_line(),
+          f"Store `{store.path}`. Full provenance (run key, config hash, git commit, finish "
+          "time of every run) is in results.csv; paired tests against map in comparisons.csv.",
           ""]
+    md += summary.markdown()
+    md += ["![Critical-difference diagrams](cd_diagram.png)", ""]
+    if "cost_quality.png" in figures:
+        md += ["![Cost against quality](cost_quality.png)", ""]
+    md += ["## Per dataset", "",
+           "Cells are mean ± std over seeds (sample std, ddof = 1); n is the number of seeds. "
+           "**Bold**: the best mean in its column; *italics*: not significantly worse than "
+           "the best (two-sided paired t-test over shared seeds, p ≥ 0.05; no mark without "
+           "2 shared seeds). ↑ higher is better, ↓ lower is better.",
+           ""]
     for dataset in datasets:
-        agg_ds = agg[agg["dataset"] == dataset]
+        agg_ds = agg_shown[agg_shown["dataset"] == dataset]
         labels = sorted(agg_ds["label"].unique())
+        tied_ds = {(lab, s_, m) for d, lab, s_, m in tied if d == dataset}
         runs_ds = [r for r in complete if r.dataset == dataset]
         by_label = {lab: [r for r in runs_ds if r.label == lab] for lab in labels}
         png = out_dir / f"reliability_{stems[(dataset,)]}.png"
         written.append(atomic_write(png, reliability_png(dataset, by_label)))
-        md += [f"## {dataset}", "", _binning_line(runs_ds), "",
-               metric_table(agg_ds, labels, MAIN_COLUMNS), ""]
-        for block in (_shift_tables(agg_ds, labels), _ood_tables(agg_ds, labels),
-                      _fit_tables(agg_ds)):
-            for part in block:
-                md += [part, ""]
+        md += [f"## {dataset}", ""]
+        for line in (_classes_line(runs_ds), _shift_files_line(runs_ds), _binning_line(runs_ds)):
+            md += [line, ""] if line else []
+        excluded = {lab for d, lab in degenerate if d == dataset}
+        for title, columns in DATASET_TABLES:
+            table = metric_table(agg_ds, labels, columns, tied=tied_ds, exclude=excluded)
+            if table:
+                md += [f"**{title}**", "", table, ""]
+        if excluded:
+            md += [f"† not above chance on {dataset} (test accuracy below chance + "
+                   f"{DEGENERATE_MARGIN:g} of the way to 1): never marked best, left out of "
+                   "the rankings.", ""]
+        shift_files = _shift_files_line(runs_ds)
+        md += _details(f"Shift and OOD details on {dataset}",
+                       [*_shift_tables(agg_ds, labels), *([shift_files] if shift_files else []),
+                        *_ood_tables(agg_ds, labels)])
+        md += _details(f"Fit diagnostics on {dataset}", _fit_tables(agg_ds))
         md += [f"![Reliability diagrams on {dataset}]({png.name})", ""]
     sweep_paths, sweep_md = write_sweeps(complete, out_dir)
     written += sweep_paths
     md += sweep_md
     md += [*(p + "\n" for p in _failed_section(failed))]
-    written.insert(0, atomic_write(out_dir / "leaderboard.md", "\n".join(md).rstrip() + "\n"))
+    text = "\n".join(md).rstrip() + "\n"
+    written.insert(0, atomic_write(out_dir / "leaderboard.md", text))
+    if html:
+        from bayesbench.report.html import report_html
+
+        written.append(atomic_write(out_dir / "report.html", report_html(text, out_dir)))
     return written

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bayesbench.report.files import atomic_write, unique_file_names
 from bayesbench.results import TEST_SPLIT, RunResult
 
 SWEEP_METRICS: list[tuple[str, str]] = [("nll", "test NLL"), ("ece", "test ECE"),
@@ -147,8 +148,6 @@ def sweep_png(dataset: str, group: str, summary: pd.DataFrame,
 def write_sweeps(runs: Sequence[RunResult], out_dir: str | Path) -> tuple[list[Path], list[str]]:
     """Write ``sweep_<dataset>_<group>.png`` for every swept group of ``runs`` (complete runs
     of one mode); returns (written paths, the "Sweeps" Markdown lines, empty without sweeps)."""
-    from bayesbench.report.leaderboard import atomic_write, unique_file_names
-
     summary = sweep_summary(runs)
     if summary.empty:
         return [], []
