@@ -113,7 +113,8 @@ def load_config(config: ConfigLike) -> Config:
     >>> [m.label for m in cfg.methods], cfg.seeds  # names as registered, whatever their case
     (['map', 'mc_dropout'], [0])
     """
-    from bayesbench.config import Config, load_config as load_file, parse_config
+    from bayesbench.config import Config, parse_config
+    from bayesbench.config import load_config as load_file
 
     if isinstance(config, Config):
         return config
@@ -204,9 +205,9 @@ def run(config: ConfigLike, *, store: StoreLike = DEFAULT_STORE,
     executor (``local``, ``dask`` or ``slurm``), scheduler (a Dask scheduler address):
     override the config's ``executor`` section as the flags of ``bayesbench run`` do;
     threads: torch threads per run (default 1); device: ``auto``, ``cpu``, ``cuda`` or
-    ``mps``; progress: print progress to stderr as the CLI does. Runs complete in the store are skipped, so calling it
-    again resumes. Bad input raises ConfigError (or DataError for a data file) before
-    anything trains. See the module docstring for an example.
+    ``mps``; progress: print progress to stderr as the CLI does. Runs complete in the store
+    are skipped, so calling it again resumes. Bad input raises ConfigError (or DataError for
+    a data file) before anything trains. See the module docstring for an example.
     """
     from bayesbench.config import check_parallelism, expand
     from bayesbench.execution.base import with_overrides

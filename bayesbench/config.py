@@ -56,9 +56,9 @@ from typing import Any
 
 import yaml
 
+from bayesbench.backbones import DEFAULT_BACKBONE
 from bayesbench.errors import BayesbenchError, ConfigError, UnknownNameError, shorten
 from bayesbench.methods.base import EvaluationConfig, TrainingConfig
-from bayesbench.backbones import DEFAULT_BACKBONE
 from bayesbench.models import ModelConfig
 from bayesbench.registry import DATASETS, METHODS
 from bayesbench.scoring import MAX_ECE_BINS

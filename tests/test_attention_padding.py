@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bayesbench.config import EvaluationConfig, ModelConfig, TrainingConfig
-from bayesbench.methods.base import FitContext
 from bayesbench.methods.bam_attention import BAMAttention, BAMRows
+from bayesbench.methods.base import FitContext
 from bayesbench.methods.dirichlet_attention import (
     DirichletAttention,
     DirichletRows,

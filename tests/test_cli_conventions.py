@@ -146,7 +146,8 @@ def test_list_config_with_a_bad_data_file_exits_2_and_still_lists(files_config, 
     assert res.returncode == 2
     assert "no label column 'outcom'. Did you mean 'outcome'?" in res.stderr
     assert res.stderr.startswith("error: bad.yaml: datasets 'icu': ")
-    assert "markov (markov, built with seed 3)" in res.stdout  # the others are shown (as registered)
+    # the others are shown, under their registered names
+    assert "markov (markov, built with seed 3)" in res.stdout
     res = run_cli("list", "--config", "missing.yaml")
     assert res.returncode == 2 and "missing.yaml: no such config file" in res.stderr
 

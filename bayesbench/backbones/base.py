@@ -74,7 +74,7 @@ class Backbone(ABC):
         (default: one, built without parameters)."""
         return {cls.name: cls()}
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (an optional hook: doing nothing is the default)
         """One-time set-up before a run's clock starts (imports, registrations), so that a
         run's ``train_seconds`` counts training only. Default: nothing."""
 
@@ -90,7 +90,7 @@ class Backbone(ABC):
         return (f"the '{self.name}' backbone has no {', '.join(missing)} "
                 f"hook{'s' if len(missing) > 1 else ''}")
 
-    def check_task(self, task: Task) -> None:
+    def check_task(self, task: Task) -> None:  # noqa: B027 (optional: every task is readable)
         """Raise a :class:`~bayesbench.errors.BayesbenchError` when this backbone cannot read
         ``task``'s inputs (default: every task)."""
 

@@ -10,6 +10,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
+from bayesbench.backbones import Backbone
 from bayesbench.methods.base import (
     FitContext,
     Method,
@@ -18,7 +19,6 @@ from bayesbench.methods.base import (
     make_optimizer,
 )
 from bayesbench.methods.map import MAP
-from bayesbench.backbones import Backbone
 from bayesbench.task import Task
 
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
+from bayesbench.backbones import Backbone
 from bayesbench.methods.base import FitContext, predict_batched
 from bayesbench.methods.map import MAP
-from bayesbench.backbones import Backbone
 from bayesbench.task import Task
 
 

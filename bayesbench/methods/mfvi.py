@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bayesbench.backbones import Backbone
 from bayesbench.methods.base import (
     FitContext,
     Method,
@@ -46,7 +47,6 @@ from bayesbench.methods.base import (
     train_classifier,
 )
 from bayesbench.methods.bayesian_linear import ESTIMATORS, BayesianLinear
-from bayesbench.backbones import Backbone
 from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier
 from bayesbench.priors import make_prior
 from bayesbench.task import Task

@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
+from bayesbench.backbones import Backbone
 from bayesbench.methods.base import (
     FitContext,
     Method,
@@ -61,7 +62,6 @@ from bayesbench.methods.base import (
     predict_batched,
     train_classifier,
 )
-from bayesbench.backbones import Backbone
 from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier
 from bayesbench.task import Task
 

@@ -14,9 +14,10 @@ Methods change *what is random* by passing factories to :func:`build_model`:
 - ``head_factory(d_model, num_classes) -> nn.Module`` builds the output head (e.g. a GP head).
 
 Padding. A task with padded token inputs declares the id of its padding token in
-``Task.padding_id`` (e.g. ``bbc_news``); the model then masks padded positions: no query attends to them (their attention weights are exactly
-zero) and mean pooling skips them. The CLS token is never masked, so every attention row keeps
-at least one key. Whether to mask depends on the task alone, never on a batch's values, so
+``Task.padding_id`` (e.g. ``bbc_news``); the model then masks padded positions: no query
+attends to them (their attention weights are exactly zero) and mean pooling skips them. The
+CLS token is never masked, so every attention row keeps at least one key. Whether to mask
+depends on the task alone, never on a batch's values, so
 the forward pass stays free of data-dependent branches (``torch.func.vmap`` runs it, as the
 vectorized ensemble does). Without ``padding_id`` the forward pass is exactly the unmasked one
 (the same operations, bit for bit).
