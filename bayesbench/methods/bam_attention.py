@@ -124,14 +124,26 @@ class BAMRows(LatentAttentionRows):
             self.prior_weight = nn.Parameter(torch.zeros(heads, d_head))
             self.prior_bias = nn.Parameter(torch.zeros(heads))
 
-    def log_prior_mean(self, keys: torch.Tensor | None, t: int, like: torch.Tensor) -> torch.Tensor:
-        """log m, ``[1]`` (uniform) or ``[B, H, 1, T]`` (contextual, from the keys)."""
+    def log_prior_mean(
+        self,
+        keys: torch.Tensor | None,
+        t: int | torch.Tensor,
+        like: torch.Tensor,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log m, ``[1]`` / ``[B, 1, 1, 1]`` (uniform over ``t`` keys, ``t`` per sequence when
+        padded) or ``[B, H, 1, T]`` (contextual, from the keys; a softmax over the real keys
+        with log m = 0 as a finite placeholder at padded ones)."""
         if self.prior == "uniform":
-            return like.new_full((1,), -math.log(t))
+            return like.new_full((1,), -math.log(t)) if padding is None else -t.log()
         if keys is None:
             raise ValueError("the contextual prior needs the keys")
         logits = torch.einsum("bhtd,hd->bht", keys, self.prior_weight) + self.prior_bias[:, None]
-        return logits.log_softmax(-1).unsqueeze(-2)
+        if padding is None:
+            return logits.log_softmax(-1).unsqueeze(-2)
+        lowest = torch.finfo(logits.dtype).min
+        return logits.unsqueeze(-2).masked_fill(padding, lowest).log_softmax(-1) \
+            .masked_fill(padding, 0.0)
 
     supports_padding = True
 
@@ -143,14 +155,22 @@ class BAMRows(LatentAttentionRows):
     ) -> torch.Tensor:
         """Rows ``[B, H, T, T]``. With ``padding`` (bool ``[B, 1, 1, T]``, True at padded keys)
         the weights of padded keys are exactly 0, T counts each sequence's real keys, and the
-        KL covers the weights of real (query, key) pairs only."""
-        if padding is not None:
-            return self._padded(scores, keys, padding)
-        log_mean = scores.log_softmax(-1)
+        KL covers the weights of real (query, key) pairs only: padded entries are computed on
+        a finite placeholder (log mean 0, so no inf * 0 reaches a gradient), then their row
+        entries are set to exactly 0 and their KL terms dropped, as are padded queries' rows.
+        Without ``padding`` nothing is masked (the unpadded operations, bit for bit)."""
+        if padding is None:
+            log_mean = scores.log_softmax(-1)
+        else:
+            log_mean = scores.masked_fill(padding, torch.finfo(scores.dtype).min).log_softmax(-1)
         if self.use_mean:
             self.kl = None
             return log_mean.exp()
-        t = scores.shape[-1]
+        if padding is None:
+            t: int | torch.Tensor = scores.shape[-1]
+        else:
+            log_mean = log_mean.masked_fill(padding, 0.0)
+            t = (~padding).sum(-1, keepdim=True).to(scores.dtype)  # per sequence, [B, 1, 1, 1]
         if self.distribution == "weibull":
             k = self.weibull_shape
             log_scale = log_mean - math.lgamma(1 + 1 / k)
@@ -159,60 +179,21 @@ class BAMRows(LatentAttentionRows):
             mu = log_mean - self.lognormal_sigma**2 / 2
             log_w = mu + self.lognormal_sigma * torch.randn_like(scores)
         if self.training:
-            log_m = self.log_prior_mean(keys, t, scores)
+            log_m = self.log_prior_mean(keys, t, scores, padding)
             if self.distribution == "weibull":
                 rate = self.prior_concentration * t
                 kl = weibull_gamma_kl(k, log_scale, rate * log_m.exp(), rate)
             else:
                 prior_mu = log_m - self.prior_sigma**2 / 2
                 kl = lognormal_kl(mu, self.lognormal_sigma, prior_mu, self.prior_sigma)
+            if padding is not None:
+                kl = kl.masked_fill(padding | padding.transpose(-1, -2), 0.0)  # [B, 1, T, T]
             self.kl = kl.sum()
         else:
             self.kl = None
+        if padding is not None:
+            log_w = log_w.masked_fill(padding, -math.inf)
         return log_w.softmax(-1)
-
-    def _padded(
-        self, scores: torch.Tensor, keys: torch.Tensor | None, padding: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`forward` on the real keys of each sequence: the mean weights are the softmax
-        over real keys; padded entries are computed on a finite placeholder (log mean 0, so no
-        inf * 0 reaches a gradient), then their row entries are set to exactly 0 and their
-        KL terms dropped, as are the rows of padded queries."""
-        lowest = torch.finfo(scores.dtype).min
-        log_mean = scores.masked_fill(padding, lowest).log_softmax(-1)
-        if self.use_mean:
-            self.kl = None
-            return log_mean.exp()
-        log_mean = log_mean.masked_fill(padding, 0.0)
-        real = (~padding).sum(-1, keepdim=True).to(scores.dtype)  # T per sequence, [B, 1, 1, 1]
-        if self.distribution == "weibull":
-            k = self.weibull_shape
-            log_scale = log_mean - math.lgamma(1 + 1 / k)
-            log_w = log_weibull_sample(log_scale, k)
-        else:
-            mu = log_mean - self.lognormal_sigma**2 / 2
-            log_w = mu + self.lognormal_sigma * torch.randn_like(scores)
-        if self.training:
-            if self.prior == "uniform":
-                log_m = -real.log()
-            else:
-                if keys is None:
-                    raise ValueError("the contextual prior needs the keys")
-                logits = (torch.einsum("bhtd,hd->bht", keys, self.prior_weight)
-                          + self.prior_bias[:, None]).unsqueeze(-2)
-                log_m = logits.masked_fill(padding, lowest).log_softmax(-1)
-                log_m = log_m.masked_fill(padding, 0.0)
-            if self.distribution == "weibull":
-                rate = self.prior_concentration * real
-                kl = weibull_gamma_kl(k, log_scale, rate * log_m.exp(), rate)
-            else:
-                prior_mu = log_m - self.prior_sigma**2 / 2
-                kl = lognormal_kl(mu, self.lognormal_sigma, prior_mu, self.prior_sigma)
-            real_pairs = ~(padding | padding.transpose(-1, -2))  # [B, 1, T, T]
-            self.kl = kl.masked_fill(~real_pairs, 0.0).sum()
-        else:
-            self.kl = None
-        return log_w.masked_fill(padding, -math.inf).softmax(-1)
 
 
 class BAMAttention(VariationalAttentionMethod):
