@@ -221,13 +221,24 @@ def run(
     Exit 1 when any run failed (its error is stored), 2 on bad input or an unreachable
     cluster.
     """
-    from bayesbench.config import check_parallelism, expand, load_config
+    from bayesbench import run_plan
+    from bayesbench.execution.limits import check_parallelism
+
+    check_parallelism(workers, threads)
+    # a grid this store holds complete already is answered without importing torch
+    plan_fp = run_plan.fingerprint(config, run_plan.GridFlags(
+        methods, datasets, seeds, quick, threads, device)) if out_dir is None else None
+    known = run_plan.lookup(store, plan_fp) if plan_fp is not None else None
+    if known is not None and known.nothing_to_run:
+        _print_nothing_to_run(known.complete, known.unsupported, reasons_above=False)
+        return
+
+    from bayesbench.config import expand, load_config
     from bayesbench.execution.base import with_overrides
     from bayesbench.report.leaderboard import check_output_folder
     from bayesbench.runner import check_inputs, resolve_device, run_grid
     from bayesbench.store import ResultStore
 
-    check_parallelism(workers, threads)
     if out_dir is not None:  # found now, not after the whole grid ran
         check_output_folder(out_dir, "--out")
     cfg = load_config(config)
@@ -246,11 +257,16 @@ def run(
     with GridProgress(specs, result_store.completed_keys(), console) as progress:
         outcome = run_grid(specs, result_store, device=dev, threads=threads, executor=plan,
                            on_event=progress.on_event, on_result=progress.on_result)
-    _print_summary(outcome.results, len(outcome.skipped))
-    if outcome.unsupported:
-        console.print(f"[yellow]{len(outcome.unsupported)} run(s) skipped[/yellow]: their method "
-                      "cannot work on their backbone (reasons above; nothing stored for them).",
-                      highlight=False)
+    if plan_fp is not None and run_plan.can_remember(specs):
+        unsupported = {spec.key for spec, _ in outcome.unsupported}
+        run_plan.remember(result_store.path, plan_fp,
+                          [s.key for s in specs if s.key not in unsupported], len(unsupported))
+    if outcome.results:
+        _print_summary(outcome.results, len(outcome.skipped))
+        _print_unsupported(len(outcome.unsupported), reasons_above=True)
+    else:
+        _print_nothing_to_run(len(outcome.skipped), len(outcome.unsupported),
+                              reasons_above=True)
     if outcome.interrupted:
         stopped = len(outcome.stopped)
         console.print(
@@ -264,6 +280,19 @@ def run(
         console.print(f"[red]{len(outcome.failed)} run(s) failed[/red]; errors are stored and "
                       "shown by `bayesbench report`.")
         raise typer.Exit(1)
+
+
+def _print_nothing_to_run(stored: int, unsupported: int, reasons_above: bool) -> None:
+    out.print(f"0 run(s) done, {stored} already stored (skipped)", highlight=False)
+    _print_unsupported(unsupported, reasons_above)
+
+
+def _print_unsupported(count: int, reasons_above: bool) -> None:
+    if count:
+        where = "reasons above" if reasons_above else "`bayesbench list` says which " \
+            "methods each backbone runs"
+        console.print(f"[yellow]{count} run(s) skipped[/yellow]: their method cannot work on "
+                      f"their backbone ({where}; nothing stored for them).", highlight=False)
 
 
 def _print_summary(results: list, skipped: int) -> None:

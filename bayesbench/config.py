@@ -58,6 +58,7 @@ import yaml
 
 from bayesbench.backbones import DEFAULT_BACKBONE
 from bayesbench.errors import BayesbenchError, ConfigError, UnknownNameError, shorten
+from bayesbench.execution.limits import check_parallelism  # noqa: F401 - re-exported
 from bayesbench.methods.base import EvaluationConfig, TrainingConfig
 from bayesbench.models import ModelConfig
 from bayesbench.registry import DATASETS, METHODS
@@ -752,21 +753,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 def shorten_text(text: str, limit: int = 300) -> str:
     """``text`` cut at ``limit`` characters (messages of parsers can quote a whole line)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def check_parallelism(workers: int, threads: int | None) -> None:
-    """``--workers`` and ``--threads``: each at least 1 and at most 4 per CPU core of this
-    machine (every worker is a process with its own torch; more only thrashes)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    limit = 4 * cores
-    for flag, value in (("--workers", workers), ("--threads", threads)):
-        if value is None:
-            continue
-        if not 1 <= value <= limit:
-            raise ConfigError(
-                f"{flag} {value}: must be from 1 to {limit} (4 per CPU core; this machine has "
-                f"{cores}); e.g. {flag} {min(2, cores)}")
 
 
 def _select(v: _Validator, wanted: list[str] | None, available: list[str], flag: str) -> set[str]:

@@ -17,6 +17,10 @@ Tables
     two processes on one store never train the same run twice. A claim is lost when its
     heartbeat is older than the lease, or at once when its owner ran on this host and its
     process is gone (killed, crashed): the next process takes the run over.
+``plans(fingerprint, keys, unsupported, created_at)``
+    Grids ``bayesbench run`` resolved, by a fingerprint of their inputs (written and read by
+    :mod:`bayesbench.run_plan`, never by this class): a rerun of a complete grid reads one row
+    and answers without importing torch.
 
 Each :meth:`ResultStore.write` is one transaction committed at once, so a crash loses at most
 the run in flight. WAL journaling plus a busy timeout lets readers (``report``) look at the

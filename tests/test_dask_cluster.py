@@ -463,7 +463,7 @@ def test_a_cuda_run_never_goes_to_a_worker_without_gpus(cluster):
     executor = DaskExecutor(connect(cluster.address, 30), device="cuda", threads=1,
                             versions={}, commit=None, on_event=lambda e: None)
     try:
-        assert executor.free == 1  # nothing to count: one run handed over, to wait
+        assert executor.slots == 1  # nothing to count: one run handed over, to wait
         executor.submit(spec)
         future, _ = executor._futures[spec.key]
 
@@ -476,3 +476,42 @@ def test_a_cuda_run_never_goes_to_a_worker_without_gpus(cluster):
         assert executor.poll(timeout=0.0) == []
     finally:
         executor.kill()
+
+
+# --------------------------------------------------------------------------- same code everywhere
+
+
+def test_workers_with_other_bayesbench_code_are_refused(cluster, tmp_path):
+    """A worker whose bayesbench source differs from the driver's would store numbers of other
+    code under the driver's keys: connecting says so (exit 2), and a run handed to such a
+    worker is stored failed with the reason, never complete."""
+    from bayesbench.config import expand, parse_config
+    from bayesbench.execution.base import ExecutorError
+    from bayesbench.execution.dask_cluster import DaskExecutor, code_mismatch, connect
+    from bayesbench.run_plan import package_source_digest
+    from bayesbench.runner import run_grid
+    from bayesbench.store import ResultStore
+
+    assert code_mismatch(package_source_digest(), "here") is None
+    assert "install the driver's bayesbench" in code_mismatch("0" * 64, "the worker w0")
+
+    def executor() -> DaskExecutor:
+        return DaskExecutor(connect(cluster.address, 30), device="cpu", threads=1, versions={},
+                            commit=None, on_event=lambda e: None)
+
+    same = executor()
+    same._check_workers_code()  # the module's workers run this checkout: accepted
+    same.close()
+    other = executor()
+    other._code = "0" * 64  # as if the driver ran other code than the workers
+    with pytest.raises(ExecutorError, match="2 of 2 worker.* run other bayesbench code"):
+        other._check_workers_code()
+
+    other = executor()
+    other._code = "0" * 64
+    spec = expand(parse_config({"datasets": ["digits"], "methods": ["map"]}), quick=True)[0]
+    store = ResultStore(tmp_path / "s.sqlite")
+    outcome = run_grid([spec], store, device=torch.device("cpu"), executor=other)
+    (result,) = outcome.results
+    assert result.status == "failed" and "runs other bayesbench code" in result.error
+    assert store.completed_keys() == set()

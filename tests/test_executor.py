@@ -392,11 +392,12 @@ def test_dask_capacity_counts_worker_processes_and_gpu_shares():
     common = dict(threads=1, versions={}, commit=None, on_event=lambda e: None,
                   runs_per_gpu=2)
     cuda = DaskExecutor(_StubClient(workers), device="cuda", **common)
-    assert cuda.free == 3  # one run per process that has a GPU share; none on "d"
+    assert cuda.slots == 3  # one run per process that has a GPU share; none on "d"
+    assert cuda.free == 6  # and one queued beside each, handed over as soon as a run ends
     cpu = DaskExecutor(_StubClient(workers), device="cpu", **common)
-    assert cpu.free == 4  # one run per worker process, whatever its threads
+    assert cpu.slots == 4  # one run per worker process, whatever its threads
     empty = DaskExecutor(_StubClient({}), device="cpu", expected_slots=6, **common)
-    assert empty.free == 6  # Slurm jobs still queued: hand over what they will take
+    assert empty.slots == 6  # Slurm jobs still queued: hand over what they will take
     spec = expand(parse_config(TINY), quick=True)[0]
     cuda.submit(spec)
     cpu.submit(spec)

@@ -36,6 +36,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from bayesbench.execution.base import (
@@ -48,6 +49,7 @@ from bayesbench.execution.base import (
     runs_fitting,
     worker_slot,
 )
+from bayesbench.run_plan import package_source_digest
 
 GPU_RESOURCE = "GPU"
 """The Dask worker resource that counts GPUs (``dask worker --resources GPU=1``)."""
@@ -81,16 +83,47 @@ def _task_cancelled(worker: Any) -> bool:
         return False
 
 
+class CodeMismatchError(RuntimeError):
+    """A worker runs other bayesbench code than the driver: its results would be stored under
+    keys the driver computed from its own code."""
+
+
+def code_mismatch(driver_code: str, where: str) -> str | None:
+    """Why a process whose bayesbench source digest is not ``driver_code`` must not run this
+    grid's runs (None when it is the same code)."""
+    from bayesbench import __version__
+
+    if package_source_digest() == driver_code:
+        return None
+    return (f"{where} runs other bayesbench code than the driver (bayesbench {__version__} at "
+            f"{Path(__file__).resolve().parents[2]}; source digest "
+            f"{package_source_digest()[:12]}, the driver's {driver_code[:12]}): install the "
+            "driver's bayesbench (same version, same checkout) on every worker, then rerun")
+
+
+def worker_code_digest() -> str:
+    """This worker's bayesbench source digest (run on every worker by ``client.run``)."""
+    return package_source_digest()
+
+
 def run_on_worker(spec: Any, device: str, threads: int, versions: dict[str, str],
-                  commit: str | None, topic: str) -> Any:
+                  commit: str | None, topic: str, code: str | None = None) -> Any:
     """The Dask task of one run: :func:`bayesbench.runner.run_one` on this worker, reporting
-    progress on ``topic``; returns the RunResult (a failure is a failed RunResult too)."""
-    import torch
+    progress on ``topic``; returns the RunResult (a failure is a failed RunResult too).
+    ``code``: the driver's source digest; a worker with other code refuses the run (it fails
+    with :class:`CodeMismatchError`, and the run is stored failed with that reason)."""
     from distributed import get_worker
+
+    worker = get_worker()
+    if code is not None:
+        problem = code_mismatch(code, f"the Dask worker {worker.address}")
+        if problem:
+            raise CodeMismatchError(problem)
+
+    import torch
 
     from bayesbench.runner import package_versions, run_one
 
-    worker = get_worker()
     versions = {**versions, **package_versions()}  # what this worker runs with
     key = spec.key
 
@@ -166,6 +199,10 @@ def connect(address: str, timeout: float) -> Any:
                             "write it like tcp://10.0.0.5:8786") from None
 
 
+QUEUED_PER_SLOT = 1
+"""Runs submitted ahead per worker slot (claimed in the store like the others)."""
+
+
 class DaskExecutor(Executor):
     """Submits each run as a task through ``client``; ``cluster`` (when bayesbench started it)
     is closed with the executor."""
@@ -190,6 +227,7 @@ class DaskExecutor(Executor):
         self._disconnected_at: float | None = None
         self._stopping = False  # after a stop request: nothing is resubmitted
         self._topic = f"bayesbench-progress-{driver_id or os.getpid()}"
+        self._code = package_source_digest()
         self._resources = {GPU_RESOURCE: gpu_share(runs_per_gpu)} if device == "cuda" else None
         client.subscribe_topic(self._topic, self._events.put)
 
@@ -216,6 +254,7 @@ class DaskExecutor(Executor):
         if config.scheduler:
             client = connect(config.scheduler, config.connect_timeout)
             executor = cls(client, **common)
+            executor._check_workers_code()
             executor._warn_about_threads()
             return executor
         try:
@@ -230,6 +269,25 @@ class DaskExecutor(Executor):
             client.register_plugin(IgnoreInterrupts())
         return cls(client, cluster=cluster, expected_slots=config.workers,
                    description=f"a local Dask cluster of {config.workers} worker(s)", **common)
+
+    def _check_workers_code(self) -> None:
+        """Exit 2 before anything runs when a worker already connected runs other bayesbench
+        code (workers that join later refuse each run instead: see :func:`run_on_worker`)."""
+        try:
+            digests = self.client.run(worker_code_digest)
+        except Exception:  # e.g. no workers yet: each run checks on its worker
+            return
+        wrong = sorted(addr for addr, digest in digests.items() if digest != self._code)
+        if wrong:
+            with contextlib.suppress(Exception):
+                self.client.close()
+            raise ExecutorError(
+                f"--scheduler {self.address}: {len(wrong)} of {len(digests)} worker(s) "
+                f"({', '.join(wrong[:3])}{', …' if len(wrong) > 3 else ''}) run other "
+                f"bayesbench code than this driver (source digest {digests[wrong[0]][:12]}, "
+                f"this driver's {self._code[:12]}); their results would be stored under keys "
+                "computed from this driver's code. Install this bayesbench (same version, "
+                "same checkout) on every worker, then rerun")
 
     def _warn_about_threads(self) -> None:
         with contextlib.suppress(Exception):
@@ -268,7 +326,16 @@ class DaskExecutor(Executor):
 
     @property
     def free(self) -> int:
-        return max(0, self._capacity() - len(self._futures))
+        """Slots for more runs: one queued beside each one training (the scheduler hands a
+        queued task to a worker the moment its run ends, without waiting for this driver to
+        see the result and submit the next: with runs of a second or two that round trip
+        left workers idle a tenth of the time)."""
+        return max(0, (1 + QUEUED_PER_SLOT) * self.slots - len(self._futures))
+
+    @property
+    def slots(self) -> int:
+        """Runs the cluster trains at once now (see :meth:`_capacity`)."""
+        return self._capacity()
 
     @property
     def running(self) -> list[Any]:
@@ -280,7 +347,7 @@ class DaskExecutor(Executor):
         self._attempt[spec.key] += 1
         future = self.client.submit(
             run_on_worker, spec, self.device, self.threads, self.versions, self.commit,
-            self._topic, key=f"bayesbench-run-{spec.key}-{self._topic[-12:]}-"
+            self._topic, self._code, key=f"bayesbench-run-{spec.key}-{self._topic[-12:]}-"
                              f"{self._attempt[spec.key]}",
             pure=False, resources=self._resources)
         self._futures[spec.key] = (future, spec)
