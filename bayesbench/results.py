@@ -33,6 +33,50 @@ def parse_split(split: str) -> tuple[str, str | None, int | None]:
     return split, None, None
 
 
+METRIC_SPEC_VERSION = 1
+"""Raise when a metric's definition changes (binning, confidence, a formula): results computed
+under different specifications are then told apart and never averaged together."""
+
+
+def metric_spec(ece_bins: int) -> dict[str, Any]:
+    """How this code computes the calibration metrics of a run evaluated with ``ece_bins``
+    bins; stored with every result (``spec["metric_spec"]``, beside the spec, not hashed).
+
+    The predictive is the mean of the method's S probability samples; the confidence is its
+    largest class probability (top label). ``ece`` and ``mce`` bin the confidence into
+    ``ece_bins`` equal-width, right-closed bins over [0, 1] (L1 and max norms);
+    ``adaptive_ece`` into as many equal-mass bins (sorted confidences split into bins of
+    equal counts)."""
+    return {
+        "version": METRIC_SPEC_VERSION,
+        "predictive": "mean of the S probability samples",
+        "confidence": "max probability (top label)",
+        "ece": {"bins": ece_bins, "binning": "equal-width"},
+        "mce": {"bins": ece_bins, "binning": "equal-width"},
+        "adaptive_ece": {"bins": ece_bins, "binning": "equal-mass"},
+    }
+
+
+def run_metric_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The metric specification of a stored run: the one stored with it, or for runs stored
+    before specifications were (all computed by version 1) the one their evaluation settings
+    imply; None when neither is known."""
+    spec = spec or {}
+    if spec.get("metric_spec"):
+        return spec["metric_spec"]
+    bins = (spec.get("evaluation") or {}).get("ece_bins")
+    return metric_spec(int(bins)) if bins is not None else None
+
+
+def describe_metric_spec(ms: dict[str, Any]) -> str:
+    """One line: "ECE and MCE over 15 equal-width bins, adaptive ECE over 15 equal-mass bins,
+    of the max probability of the mean predictive (metric spec v1)"."""
+    return (f"ECE and MCE over {ms['ece']['bins']} {ms['ece']['binning']} bins, adaptive ECE "
+            f"over {ms['adaptive_ece']['bins']} {ms['adaptive_ece']['binning']} bins, of the "
+            f"{ms['confidence'].split(' (')[0]} of the mean predictive "
+            f"(metric spec v{ms['version']})")
+
+
 @dataclass
 class MetricValue:
     split: str  # "test", "shift/<kind>/<severity>", "ood/<name>", "cost", "fit"

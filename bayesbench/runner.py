@@ -37,6 +37,7 @@ from bayesbench.results import (
     TEST_SPLIT,
     MetricValue,
     RunResult,
+    metric_spec,
     ood_split,
     shift_split,
 )
@@ -177,6 +178,7 @@ def run_one(
     try:
         task = build_task(spec)
         result.spec["task"] = task_record(task)  # stored beside the spec, never hashed
+        result.spec["metric_spec"] = metric_spec(spec.evaluation["ece_bins"])  # likewise
         method: Method = METHODS.get(spec.method)(**spec.method_params)
         ctx = fit_context(spec, device, on_epoch)
         t0 = time.perf_counter()

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from bayesbench.errors import RunNotFoundError
 from bayesbench.registry import close_names, match_name
-from bayesbench.results import COST_SPLIT, FIT_SPLIT, TEST_SPLIT, RunResult
+from bayesbench.results import (
+    COST_SPLIT,
+    FIT_SPLIT,
+    TEST_SPLIT,
+    RunResult,
+    describe_metric_spec,
+    run_metric_spec,
+)
 
 if TYPE_CHECKING:
     from bayesbench.store import ResultStore
@@ -177,6 +184,10 @@ def print_run(console: Any, found: FoundRun) -> None:
                         ("evaluation", "evaluation"), ("quick", "quick budget")):
         if name in spec and (spec[name] or name in ("method_params", "dataset_params")):
             line(f"{title}: {e(_fmt(spec[name]))}")
+    ms = run_metric_spec(spec)
+    if ms:
+        stored = "" if spec.get("metric_spec") else " (implied: stored before specs were)"
+        line(f"metrics: {e(describe_metric_spec(ms))}{stored}")
     extra = {k: spec[k] for k in ("threads", "device", "method_version", "dataset_version")
              if k in spec}
     if extra:

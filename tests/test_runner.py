@@ -8,6 +8,7 @@ import torch
 
 from bayesbench.config import expand, parse_config
 from bayesbench.errors import ConfigError
+from bayesbench.results import describe_metric_spec, metric_spec, run_metric_spec
 from bayesbench.runner import resolve_device, run_grid, run_one
 from bayesbench.store import ResultStore
 
@@ -63,6 +64,22 @@ def test_run_one_records_metrics_on_every_split():
     assert result.spec["task"] == {"num_classes": 8,
                                    "class_names": [str(d) for d in range(8)]}
     assert result.key == spec.key and "task" not in spec.to_dict()
+    # and so is how the metrics were computed (issue 10: ECE binning, confidence definition)
+    bins = spec.evaluation["ece_bins"]
+    assert result.spec["metric_spec"] == metric_spec(bins)
+    assert result.spec["metric_spec"]["ece"] == {"bins": bins, "binning": "equal-width"}
+    assert result.spec["metric_spec"]["adaptive_ece"]["binning"] == "equal-mass"
+    assert "metric_spec" not in spec.to_dict()
+
+
+def test_runs_stored_before_metric_specs_get_the_one_their_settings_imply():
+    assert run_metric_spec({"evaluation": {"ece_bins": 10}}) == metric_spec(10)
+    stored = {**metric_spec(15), "version": 2}
+    assert run_metric_spec({"evaluation": {"ece_bins": 10}, "metric_spec": stored}) == stored
+    assert run_metric_spec({}) is None
+    assert describe_metric_spec(metric_spec(15)) == (
+        "ECE and MCE over 15 equal-width bins, adaptive ECE over 15 equal-mass bins, of the "
+        "max probability of the mean predictive (metric spec v1)")
 
 
 def test_method_diagnostics_are_stored_under_the_fit_split_and_reported(tmp_path):

@@ -20,7 +20,8 @@ TRACEBACK = ("RuntimeError: CUDA out of memory (at mfvi.py:120)\n\nTraceback (mo
 def _with(result, key, **changes):
     spec = {"label": result.label, "method": result.method, "dataset": result.dataset,
             "method_params": {"samples": 4}, "dataset_params": {"n": 10},
-            "model": {"d_model": 16}, "training": {"epochs": 3}, "threads": 1,
+            "model": {"d_model": 16}, "training": {"epochs": 3},
+            "evaluation": {"ece_bins": 15}, "threads": 1,
             "device": "cpu"}
     return dataclasses.replace(result, key=key, spec=spec, **changes)
 
@@ -75,6 +76,9 @@ def test_show_prints_settings_versions_commit_timings_metrics(store, run_cli):
     assert "started 2025-01-01T00:00:00, finished 2025-01-01T00:01:00 (60 s)" in text
     assert "method parameters: samples=4" in text and "training: epochs=3" in text
     assert "train 10.00 s; predict 0.500 s per 1000 inputs; 1,000 parameters" in text
+    # stored before runs carried their metric spec: the one their settings imply, said so
+    assert ("metrics: ECE and MCE over 15 equal-width bins, adaptive ECE over 15 equal-mass "
+            "bins") in text and "(implied: stored before specs were)" in text
     test_row = next(line for line in text.splitlines() if line.startswith("│ test "))
     assert "0.9000" in test_row and "0.0500" in test_row  # accuracy, ece
     assert "shift/blur/2" in text and "ood/far" in text
