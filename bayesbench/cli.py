@@ -103,11 +103,17 @@ def list_cmd(
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", help="Show this config's own datasets and methods, resolved, "
         "instead of everything installed.")] = None,
-    shapes: Annotated[bool, typer.Option(help="Build each dataset to show its shapes.")] = True,
+    shapes: Annotated[Optional[bool], typer.Option(
+        "--shapes/--no-shapes", help="Build each dataset whose shapes are not cached yet "
+        "(once: the dataset cache keeps them); --no-shapes: no shape columns. Default: the "
+        "shapes already cached (with --config: build).", show_default=False)] = None,
 ) -> None:
     """List methods, datasets and metrics with one-line descriptions.
 
     Example: `bayesbench list --no-shapes`
+
+    Shapes come from the dataset cache (`bayesbench cache info`): a dataset not built yet
+    says so until `bayesbench list --shapes` (or a run) builds it.
 
     With `--config FILE`: that config's datasets (parameters, input kind and shape, classes,
     split sizes, shifted and OOD sets; for a `files` dataset the columns and files each split
@@ -124,64 +130,53 @@ def list_cmd(
         )
 
         cfg = load_config(config)
-        datasets = describe_datasets(cfg, shapes=shapes)
+        datasets = describe_datasets(cfg, shapes=shapes is not False)
         print_config(out, cfg, datasets, describe_methods(cfg))
         check_described(datasets, cfg.path)
         return
-    from bayesbench.metrics import METRICS
-    from bayesbench.registry import DATASETS, METHODS
+    from bayesbench.data.cache import cache_root
+    from bayesbench.describe import catalog, dataset_shapes, print_catalog
 
-    t = Table(title="Methods", title_justify="left")
-    t.add_column("name", style="bold")
-    t.add_column("description")
-    for name in METHODS.names():
-        t.add_row(name, _describe(lambda n=name: METHODS.get(n).description))
-    out.print(t)
-
-    from bayesbench.backbones import support_matrix
-
-    t = Table(title="Backbones (backbone: in the config) and the methods each runs",
-              title_justify="left")
-    for col in ["name", "description", "runs", "skips (why)"]:
-        t.add_column(col, style="bold" if col == "name" else None)
-    for label, description, reasons in support_matrix():
-        runs = ", ".join(m for m, why in reasons.items() if why is None)
-        skips = "; ".join(f"{m}: {why.split(' backbone ', 1)[-1]}" if m else why
-                          for m, why in reasons.items() if why)
-        t.add_row(escape(label), escape(description), runs or "-", escape(skips) or "-")
-    out.print(t)
-
-    t = Table(title="Datasets", title_justify="left")
-    for col in ["name", "description"] + (["input", "classes", "train/val/test", "shifts", "ood"]
-                                          if shapes else []):
-        t.add_column(col, style="bold" if col == "name" else None)
-    for name in DATASETS.names():
-        row = [name, _describe(lambda n=name: DATASETS.get(n).description)]
-        if shapes:
-            try:
-                s = DATASETS.get(name)().build(0).summary()
-                row += [str(s["input"]), str(s["classes"]), str(s["train/val/test"]),
-                        ", ".join(f"{k} ({len(v)})" for k, v in s["shifts"].items()),
-                        ", ".join(f"{k} ({n})" for k, n in s["ood"].items())]
-            except Exception as exc:  # e.g. a dataset that needs parameters (files)
-                row += [escape(f"needs parameters: {exc}"[:60]), "", "", "", ""]
-        t.add_row(*row)
-    out.print(t)
-
-    t = Table(title="Metrics", title_justify="left")
-    for col in ["name", "better", "gate tolerance", "description"]:
-        t.add_column(col, style="bold" if col == "name" else None)
-    for m in METRICS.values():
-        tol = f"{m.tolerance:g}" if m.gated else "not gated"
-        t.add_row(m.name, m.arrow, tol, escape(m.description))
-    out.print(t)
+    cat = catalog(cache_root())
+    print_catalog(out, cat, None if shapes is False else dataset_shapes(cat, build=bool(shapes)))
 
 
-def _describe(get) -> str:
-    try:
-        return escape(str(get()))
-    except Exception as exc:  # a broken plugin should not break `list`
-        return f"[red]cannot load: {escape(str(exc))}[/red]"
+@app.command("cache")
+def cache_cmd(
+    action: Annotated[str, typer.Argument(help="info (the folder, its size) or clear.")
+                      ] = "info",
+) -> None:
+    """Show or clear the dataset cache: built datasets kept on disk so that each (dataset,
+    parameters, seed, code) is built once.
+
+    Example: `bayesbench cache clear`
+
+    The folder is $BAYESBENCH_CACHE, else $XDG_CACHE_HOME/bayesbench, else
+    ~/.cache/bayesbench; BAYESBENCH_CACHE=off turns the cache off. `clear` deletes only the
+    files the cache wrote.
+    """
+    from bayesbench.data.cache import DatasetCache
+
+    cache = DatasetCache.default()
+    if action not in ("info", "clear"):
+        raise ConfigError(f"bayesbench cache {action[:40]}: choose info or clear, e.g. "
+                          "bayesbench cache info")
+    if not cache.enabled:
+        out.print("the dataset cache is off (BAYESBENCH_CACHE=off): every run builds its "
+                  "dataset", highlight=False)
+        return
+    if action == "clear":
+        freed = cache.clear()
+        out.print(f"cleared {escape(str(cache.root))}: {freed / 1e6:.1f} MB freed",
+                  highlight=False)
+        return
+    info = cache.info()
+    out.print(f"dataset cache: {escape(str(info.root))} ({info.tasks} task(s), "
+              f"{info.bytes / 1e6:.1f} MB); move it with BAYESBENCH_CACHE=DIR, turn it off with "
+              "BAYESBENCH_CACHE=off, empty it with `bayesbench cache clear`",
+              highlight=False, soft_wrap=True)
+    for name, (tasks, size) in info.datasets.items():
+        out.print(f"  {escape(name)}: {tasks} task(s), {size / 1e6:.1f} MB", highlight=False)
 
 
 @app.command()
@@ -275,7 +270,7 @@ def run(
             "stored. Rerun the same command to resume.", highlight=False)
         raise typer.Exit(130)
     if out_dir is not None:
-        _write_report(result_store, out_dir, quick=quick, baseline=None)
+        _write_report(result_store, out_dir, quick=quick, baseline=None, config=config)
     if outcome.failed:
         console.print(f"[red]{len(outcome.failed)} run(s) failed[/red]; errors are stored and "
                       "shown by `bayesbench report`.")
@@ -311,11 +306,12 @@ def _print_summary(results: list, skipped: int) -> None:
     out.print(t)
 
 
-def _write_report(store, out_dir: Path, quick: bool | None, baseline: Path | None) -> None:
+def _write_report(store, out_dir: Path, quick: bool | None, baseline: Path | None,
+                  config: Path | None = None) -> None:
     from bayesbench.report import write_baseline, write_report
 
     notes: list[str] = []
-    paths = write_report(store, out_dir, quick=quick, notes=notes)
+    paths = write_report(store, out_dir, quick=quick, notes=notes, config=config)
     for note in notes:
         out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     if baseline is not None:
@@ -337,19 +333,31 @@ def report(
     write_baseline: Annotated[Optional[Path], typer.Option(
         "--write-baseline", help="Also write a regression-gate baseline CSV here.")] = None,
     quick: RunsOpt = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="benchmarks.yaml whose grid the report is checked against "
+        f"(default: {DEFAULT_CONFIG} when it exists).")] = None,
 ) -> None:
     """Write leaderboard.md (summary across datasets first), report.html (self-contained),
     results.csv, summary.csv, comparisons.csv and the figures.
 
     Example: `bayesbench report --out reports/ --write-baseline reports/baseline.csv`
+
+    The report says at the top how many runs of the configured grid (quick or full) it
+    holds, e.g. "15 of 228 runs", and a note says so when it replaces a committed report.
+    Figures, CSVs and report.html whose inputs are unchanged are not rewritten.
     """
     from bayesbench.report.leaderboard import check_output_file, check_output_folder
     from bayesbench.store import ResultStore
 
+    if config is None:
+        config = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    elif not config.is_file():
+        raise ConfigError(f"--config {config}: no such file; give the benchmarks.yaml the "
+                          "runs were made from, or leave --config out")
     check_output_folder(out_dir, "--out")  # both before any report file is written
     if write_baseline is not None:
         check_output_file(write_baseline, "--write-baseline")
-    _write_report(ResultStore.open_existing(store), out_dir, quick, write_baseline)
+    _write_report(ResultStore.open_existing(store), out_dir, quick, write_baseline, config)
 
 
 @app.command()

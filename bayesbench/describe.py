@@ -1,5 +1,8 @@
 """What a config will run, resolved, before anything trains: the library behind
-``bayesbench list --config FILE`` (and the dataset lookup of ``bayesbench priors --config``).
+``bayesbench list --config FILE`` (and the dataset lookup of ``bayesbench priors --config``),
+and behind ``bayesbench list``: a catalog of what is installed, kept as JSON in the dataset
+cache folder under a fingerprint of the code and the packages, so a warm ``list`` imports
+neither torch nor scikit-learn (:func:`catalog`), with shapes from the dataset cache.
 
 Each dataset entry is built once (with the config's first base seed) so that its shapes,
 classes and split sizes are the ones runs will see; a ``files`` dataset also reports where
@@ -19,13 +22,19 @@ user can check their data before training.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from bayesbench.config import Config, Entry
 from bayesbench.errors import BayesbenchError, ConfigError
-from bayesbench.models import ModelConfig
 from bayesbench.registry import DATASETS, resolve_names
+
+if TYPE_CHECKING:  # bayesbench.config imports torch, scikit-learn and pandas: not for `list`
+    from bayesbench.config import Config, Entry
+    from bayesbench.models import ModelConfig
 
 
 @dataclass
@@ -119,8 +128,11 @@ def describe_dataset(cfg: Config, entry: Entry, shapes: bool = True) -> DatasetD
     if not shapes:
         return d
     try:
+        from bayesbench.data.cache import DatasetCache
+
         dataset = build_dataset(entry)
-        task = dataset.build(seed)
+        task = DatasetCache.default().build(type(dataset), entry.name, entry.params, seed,
+                                            make=lambda: dataset.build(seed))
     except BayesbenchError as exc:
         d.error = str(exc)
         return d
@@ -260,3 +272,215 @@ def print_config(console: Any, cfg: Config, datasets: list[DatasetDescription],
     for m in methods:
         t.add_row(e(m.label), e(m.name), e(_params(m.params)))
     console.print(t)
+
+
+# --------------------------------------------------------------------------- `bayesbench list`
+
+CATALOG_FILE = "list-catalog.json"
+
+
+def catalog_fingerprint() -> str:
+    """What the listing depends on: bayesbench's source, the registered plugins (entry
+    points) and the installed packages (each import folder's mtime changes when a package is
+    installed, upgraded or removed). Cheap: no package is imported."""
+    from importlib.metadata import entry_points
+
+    digest = hashlib.sha256(sys.version.encode())
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    for group in ("bayesbench.methods", "bayesbench.datasets", "bayesbench.backbones"):
+        for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+            digest.update(f"{group}:{ep.name}={ep.value}\0".encode())
+    here = os.getcwd()
+    for entry in sys.path:
+        if entry and os.path.abspath(entry) != here:
+            try:
+                digest.update(f"{entry}:{os.stat(entry).st_mtime_ns}\0".encode())
+            except OSError:
+                continue
+    return digest.hexdigest()
+
+
+def make_catalog() -> dict[str, Any]:
+    """Methods, backbones, datasets and metrics with their descriptions (JSON-ready).
+
+    Imports every registered object (torch, scikit-learn, ...); a dataset's ``key`` is its
+    dataset-cache key at default parameters and seed 0 (None: not cached). ``broken``: some
+    entry could not be loaded (such a catalog is not stored)."""
+    from bayesbench.backbones import support_matrix
+    from bayesbench.data.cache import digest, key_material
+    from bayesbench.metrics import METRICS
+    from bayesbench.registry import METHODS
+
+    broken = False
+
+    def description(registry: Any, name: str) -> tuple[str, str]:
+        nonlocal broken
+        try:
+            return str(registry.get(name).description), ""
+        except Exception as exc:  # a broken plugin should not break `list`
+            broken = True
+            return "", f"cannot load: {exc}"
+
+    methods = [[n, *description(METHODS, n)] for n in METHODS.names()]
+    datasets = []
+    for name in DATASETS.names():
+        text, error = description(DATASETS, name)
+        key = None
+        if not error:
+            try:
+                material = key_material(DATASETS.get(name), name, {}, 0)
+                key = None if material is None else digest(material)
+            except Exception:  # noqa: S110 - no key: shapes are built, never cached
+                pass
+        datasets.append([name, text, error, key])
+    backbones = [[label, text, reasons] for label, text, reasons in support_matrix()]
+    metrics = [[m.name, m.arrow, f"{m.tolerance:g}" if m.gated else "not gated", m.description]
+               for m in METRICS.values()]
+    return {"methods": methods, "backbones": backbones, "datasets": datasets,
+            "metrics": metrics, "broken": broken}
+
+
+def catalog(root: Path | None) -> dict[str, Any]:
+    """:func:`make_catalog`, read from ``root/list-catalog.json`` when it was made from
+    this code and these packages (then nothing heavy is imported), else made and stored
+    there (``root`` None: the cache is off, made every time)."""
+    from bayesbench.data.cache import read_json, write_json
+
+    fingerprint = catalog_fingerprint()
+    path = None if root is None else root / CATALOG_FILE
+    if path is not None:
+        stored = read_json(path)
+        if isinstance(stored, dict) and stored.get("fingerprint") == fingerprint:
+            return stored["catalog"]
+    made = make_catalog()
+    if path is not None and not made["broken"]:
+        try:
+            write_json(path, {"fingerprint": fingerprint, "catalog": made})
+        except OSError:
+            pass
+    return made
+
+
+def dataset_shapes(cat: dict[str, Any], build: bool) -> dict[str, dict[str, Any] | str | None]:
+    """Dataset name -> its ``Task.summary()`` at default parameters and seed 0 when the
+    dataset cache holds it (or ``build``: built now, through the cache), else None; a
+    dataset that cannot be built with no parameters gets the reason (a string)."""
+    from bayesbench.data.cache import DatasetCache
+
+    cache = DatasetCache.default()
+    out: dict[str, dict[str, Any] | str | None] = {}
+    for name, _, error, key in cat["datasets"]:
+        known = cache.summary(name, key) if key and cache.enabled else None
+        if known is None and build and not error:
+            from bayesbench.data.cache import task_summary
+
+            try:
+                known = task_summary(cache.build(DATASETS.get(name), name, {}, 0))
+            except Exception as exc:  # e.g. a dataset that needs parameters (files)
+                known = f"needs parameters: {' '.join(str(exc).split())}"
+                if key and cache.enabled:
+                    cache.remember_failure(name, key, known)
+        out[name] = known
+    return out
+
+
+def _fits(console: Any, table: Any, cells: list[list[str]]) -> bool:
+    """Whether ``table`` renders at the console's width with every word of every cell
+    whole (rich folds or cuts a word wider than its column, or squeezes a column away)."""
+    import io
+    from collections import Counter
+
+    from rich.console import Console
+
+    probe = Console(file=io.StringIO(), width=console.width, color_system=None,
+                    legacy_windows=False)
+    probe.print(table)
+    text = probe.file.getvalue()
+    words = Counter(w for row in cells for c in row for w in console.render_str(c).plain.split())
+    return all(text.count(w) >= n for w, n in words.items())
+
+
+def print_section(console: Any, title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A table of ``rows`` (rich markup; the first column holds names) when it fits the
+    terminal with every word whole, else one block per row: the name, then each other
+    column indented, wrapped between words and never inside one."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, style="bold" if i == 0 else None, no_wrap=i == 0,
+                         overflow="fold")  # a long word folds rather than loses its end
+    for row in rows:
+        table.add_row(*row)
+    if _fits(console, table, rows):
+        console.print(table)
+        return
+    import textwrap
+
+    from rich.text import Text
+
+    def wrapped(text: str, indent: int, style: str = "") -> None:
+        width = max(console.width - indent, 20)
+        for line in textwrap.wrap(text, width, break_long_words=False,
+                                  break_on_hyphens=False) or [""]:
+            console.print(Text(" " * indent + line, style=style), soft_wrap=True)
+
+    console.print(Text(title, style="italic"), soft_wrap=True)
+    for row in rows:
+        wrapped(console.render_str(row[0]).plain, 2, "bold")
+        for col, cell in zip(columns[1:], row[1:]):
+            if cell and cell != "-":
+                label = "" if col == "description" else f"{col}: "
+                wrapped(label + console.render_str(cell).plain, 4)
+
+
+def print_catalog(console: Any, cat: dict[str, Any],
+                  shapes: dict[str, dict[str, Any] | str | None] | None) -> None:
+    """``bayesbench list``: methods, backbones, datasets (with ``shapes`` unless None) and
+    metrics; names are never cut, whatever the terminal width."""
+    from rich.markup import escape as e
+
+    def text(description: str, error: str) -> str:
+        return f"[red]{e(error)}[/red]" if error else e(description)
+
+    print_section(console, "Methods", ["name", "description"],
+                  [[e(n), text(d, err)] for n, d, err in cat["methods"]])
+    rows = []
+    for label, description, reasons in cat["backbones"]:
+        runs = ", ".join(m for m, why in reasons.items() if why is None)
+        skips = "; ".join(f"{m}: {why.split(' backbone ', 1)[-1]}" if m else why
+                          for m, why in reasons.items() if why)
+        rows.append([e(label), e(description), e(runs) or "-", e(skips) or "-"])
+    print_section(console, "Backbones (backbone: in the config) and the methods each runs",
+                  ["name", "description", "runs", "skips (why)"], rows)
+    columns = ["name", "description"]
+    if shapes is not None and not any(shapes.values()):
+        unknown = len(shapes)  # nothing built yet: no empty shape columns, the hint below
+        shapes = None
+    else:
+        unknown = 0
+    if shapes is not None:
+        columns += ["input", "classes", "train/val/test", "shifts", "ood"]
+    rows = []
+    for name, description, error, _ in cat["datasets"]:
+        row = [e(name), text(description, error)]
+        s = None if shapes is None else shapes.get(name)
+        if shapes is not None and isinstance(s, dict):
+            row += [e(str(s["input"])), str(s["classes"]), str(s["train/val/test"]),
+                    e(", ".join(f"{k} ({len(v)})" for k, v in s["shifts"].items())),
+                    e(", ".join(f"{k} ({n})" for k, n in s["ood"].items()))]
+        elif shapes is not None and isinstance(s, str):
+            row += [e(s[:60]), "", "", "", ""]
+        elif shapes is not None:
+            row += ["not built yet", "", "", "", ""]
+        rows.append(row)
+    unknown += sum(1 for row in rows if "not built yet" in row[2:3])
+    print_section(console, "Datasets", columns, rows)
+    if unknown:
+        console.print(f"[dim]{unknown} dataset(s) not built yet: `bayesbench list --shapes` "
+                      "builds them once (seconds each) and caches them; `bayesbench cache "
+                      "info` says where.[/dim]", highlight=False)
+    print_section(console, "Metrics", ["name", "better", "gate tolerance", "description"],
+                  [[e(n), e(a), t, e(d)] for n, a, t, d in cat["metrics"]])

@@ -102,8 +102,12 @@ def git_commit(cwd: Path | None = None) -> str | None:
 
 
 def build_task(spec: RunSpec) -> Task:
-    dataset = DATASETS.get(spec.dataset)(**spec.dataset_params)
-    task = dataset.build(spec.seed)
+    """The run's task: the full build from the dataset cache (built and stored on a miss,
+    see :mod:`bayesbench.data.cache`), then cut to the quick budget."""
+    from bayesbench.data.cache import DatasetCache
+
+    task = DatasetCache.default().build(DATASETS.get(spec.dataset), spec.dataset,
+                                        spec.dataset_params, spec.seed)
     if spec.quick:
         task = task.limited(spec.quick["max_train"], spec.quick["max_eval"], seed=spec.seed)
     return task

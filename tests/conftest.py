@@ -15,6 +15,16 @@ REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache_in_tmp(tmp_path_factory):
+    """Every test (and every CLI it starts) caches built datasets in one temporary folder,
+    never in the user's ``~/.cache/bayesbench``."""
+    folder = tmp_path_factory.mktemp("bayesbench-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BAYESBENCH_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def digits_small():
     """The digits task cut to 256 training and 96 evaluation examples."""
@@ -35,10 +45,11 @@ def digits_tiny():
 def run_cli(tmp_path):
     """Run ``python -m bayesbench ARGS`` in ``tmp_path``; returns the CompletedProcess."""
 
-    def run(*args: str, extra_path: Path | None = None):
+    def run(*args: str, extra_path: Path | None = None, columns: int = 200,
+            env: dict[str, str] | None = None):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in [str(REPO), str(extra_path or ""), os.environ.get("PYTHONPATH", "")] if p
-        ), OMP_NUM_THREADS="1", COLUMNS="200")
+        ), OMP_NUM_THREADS="1", COLUMNS=str(columns), **(env or {}))
         return subprocess.run([sys.executable, "-m", "bayesbench", *args], cwd=tmp_path,
                               env=env, capture_output=True, text=True)
 

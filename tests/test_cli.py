@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -126,6 +129,93 @@ def test_list_names_methods_datasets_and_metrics(run_cli):
     for name in ["map", "temperature_scaling", "mc_dropout", "deep_ensemble", "digits",
                  "accuracy", "ece", "auroc_entropy"]:
         assert name in res.stdout
+
+
+def _all_names() -> list[str]:
+    from bayesbench.backbones import support_matrix
+    from bayesbench.metrics import METRICS
+    from bayesbench.registry import DATASETS, METHODS
+
+    return (METHODS.names() + DATASETS.names() + [label for label, _, _ in support_matrix()]
+            + list(METRICS))
+
+
+@pytest.mark.parametrize("columns", [80, 40])
+def test_list_never_cuts_a_name_whatever_the_width(run_cli, columns):
+    res = run_cli("list", columns=columns)
+    assert res.returncode == 0, res.stderr
+    for name in _all_names():
+        assert name in res.stdout, name
+    assert "…" not in res.stdout  # nothing elided, descriptions included
+
+
+@pytest.mark.parametrize("width", [200, 80, 40, 24])
+def test_list_shapes_keep_every_name_whole(width):
+    """The dataset table with shape columns (a warm cache), at any width."""
+    import io
+
+    from rich.console import Console
+
+    from bayesbench.data.cache import task_summary
+    from bayesbench.data.markov import MarkovChains
+    from bayesbench.describe import make_catalog, print_catalog
+
+    cat = make_catalog()
+    summary = task_summary(MarkovChains(num_train=40, num_val=10, num_test=20).build(0))
+    shapes = {d[0]: summary if d[0] == "markov" else None for d in cat["datasets"]}
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    print_catalog(console, cat, shapes)
+    text = console.file.getvalue()
+    for name in _all_names() + ["unseen_chains", "perturbed_transitions", "40/10/20"]:
+        assert name in text, name
+    unknown = len(cat["datasets"]) - 1
+    assert f"{unknown} dataset(s) not built yet" in " ".join(text.split())  # the hint
+    assert " ".join(text.split()).count("not built yet") == unknown + 1  # and once per row
+
+
+def test_list_reads_shapes_from_the_dataset_cache_without_torch(run_cli, tmp_path):
+    from bayesbench.data.cache import DatasetCache
+    from bayesbench.data.markov import MarkovChains
+
+    env = {"BAYESBENCH_CACHE": str(tmp_path / "cache")}
+    cold = run_cli("list", env=env)
+    assert cold.returncode == 0, cold.stderr
+    assert "8 dataset(s) not built yet: `bayesbench list --shapes`" in " ".join(
+        cold.stdout.split())
+    assert "4000/1000/2000" not in cold.stdout
+    DatasetCache(tmp_path / "cache").build(MarkovChains, "markov", {}, 0)  # as a run would
+    warm = subprocess.run([sys.executable, "-X", "importtime", "-m", "bayesbench", "list"],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, **env, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
+    assert warm.returncode == 0, warm.stderr
+    assert "tokens [8]" in warm.stdout and "4000/1000/2000" in warm.stdout
+    assert "7 dataset(s) not built yet" in warm.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in warm.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "rich" in imported and not imported & {"torch", "sklearn", "pandas", "scipy"}
+    assert warm.stdout.replace("7 dataset(s)", "") != cold.stdout
+
+
+def test_cache_command_shows_and_clears_the_folder(run_cli, tmp_path):
+    from bayesbench.data.cache import DatasetCache
+    from bayesbench.data.markov import MarkovChains
+
+    folder = tmp_path / "cache"
+    params = {"num_train": 40, "num_val": 10, "num_test": 20}
+    DatasetCache(folder).build(MarkovChains, "markov", params, 0)
+    env = {"BAYESBENCH_CACHE": str(folder)}
+    info = run_cli("cache", "info", env=env)
+    assert info.returncode == 0, info.stderr
+    assert f"dataset cache: {folder} (1 task(s)," in info.stdout
+    assert "markov: 1 task(s)" in info.stdout and "BAYESBENCH_CACHE=off" in info.stdout
+    cleared = run_cli("cache", "clear", env=env)
+    assert cleared.returncode == 0 and f"cleared {folder}" in cleared.stdout
+    assert DatasetCache(folder).info().tasks == 0
+    assert "(0 task(s), 0.0 MB)" in run_cli("cache", env=env).stdout
+    off = run_cli("cache", "clear", env={"BAYESBENCH_CACHE": "off"})
+    assert off.returncode == 0 and "the dataset cache is off" in off.stdout
+    bad = run_cli("cache", "purge", env=env)
+    assert bad.returncode == 2 and "choose info or clear" in bad.stderr
 
 
 @pytest.mark.slow

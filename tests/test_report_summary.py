@@ -129,18 +129,18 @@ def test_a_superseded_run_is_counted_once_everywhere(tmp_path, monkeypatch):
         store.write(run)
 
     seen: dict[str, list[str]] = {}
-    real_rel, real_sweeps = leaderboard.reliability_png, leaderboard.write_sweeps
+    real_rel, real_sweeps = leaderboard.reliability_figure, leaderboard.sweep_figures
 
-    def reliability(dataset, by_label):
+    def reliability(name, dataset, by_label):
         seen["reliability"] = sorted(r.key for runs in by_label.values() for r in runs)
-        return real_rel(dataset, by_label)
+        return real_rel(name, dataset, by_label)
 
-    def sweeps(runs, out_dir):
+    def sweeps(runs):
         seen["sweeps"] = sorted(r.key for r in runs)
-        return real_sweeps(runs, out_dir)
+        return real_sweeps(runs)
 
-    monkeypatch.setattr(leaderboard, "reliability_png", reliability)
-    monkeypatch.setattr(leaderboard, "write_sweeps", sweeps)
+    monkeypatch.setattr(leaderboard, "reliability_figure", reliability)
+    monkeypatch.setattr(leaderboard, "sweep_figures", sweeps)
     write_report(store, tmp_path / "out")
 
     kept = sorted(["map-toy-0-f", "map-toy-1-f", "vi-toy-0-f", "vi-toy-1-f", "sw-new"])
@@ -310,3 +310,30 @@ def test_one_seed_gives_ranks_but_no_paired_tests(tmp_path):
     row = [line for line in summary.splitlines() if line.startswith("| vi |")][0]
     assert "3.00 · n/a" in row  # worst NLL on both datasets, untested against map
     assert "*" not in md[md.index("## d1"):].split("**Calibration**")[0].replace("**", "")
+
+
+def test_runs_under_another_metric_specification_are_never_mixed(tmp_path):
+    """map seed 0 was rescored with 10 ECE bins (its latest run): the report keeps the
+    15-bin specification most runs share, takes seed 0's 15-bin run, and says one run under
+    another specification was left out."""
+    import dataclasses
+
+    from bayesbench.report.selection import select_store_runs
+    from bayesbench.results import metric_spec
+
+    store = ResultStore(tmp_path / "s.sqlite")
+    for seed in (0, 1, 2):
+        r = fake_result("map", "toy", seed, 0.9, 0.05)
+        r.spec["metric_spec"] = metric_spec(15)
+        store.write(r)
+    other = fake_result("map", "toy", 0, 0.9, 0.5, finished_at="2025-02-01T00:00:00")
+    other.spec["metric_spec"] = metric_spec(10)
+    store.write(dataclasses.replace(other, key="map-toy-0-rescored"))
+    sel = select_store_runs(store)
+    assert sorted(sel.runs["key"]) == ["map-toy-0-f", "map-toy-1-f", "map-toy-2-f"]
+    assert sel.metric_spec == metric_spec(15) and sel.other_spec == 1 and sel.superseded == 0
+    test_ece = sel.tidy[(sel.tidy.split == "test") & (sel.tidy.metric == "ece")]["value"]
+    assert list(test_ece) == [0.05] * 3  # never the 10-bin value
+    header = sel.header_line()
+    assert "Metrics: ECE and MCE over 15 equal-width bins" in header
+    assert "1 run computed under another metric specification left out" in header

@@ -4,6 +4,9 @@
   results.csv, summary.csv (tidy), comparisons.csv, cd_diagram.png, cost_quality.png,
   reliability_<dataset>.png, sweep_<dataset>_<group>.png;
 * :func:`select_store_runs` – the one selection of runs every part of a report reads;
+* :mod:`bayesbench.report.render` – figures drawn only when their inputs changed (in
+  parallel where possible); :mod:`bayesbench.report.grid` – "15 of 228 runs" of the
+  configured grid;
 * :func:`cross_dataset_summary` – mean ranks, Friedman / Nemenyi, win / tie / loss against
   map, cost ratios (:mod:`bayesbench.report.summary`, statistics in
   :mod:`bayesbench.report.stats`);

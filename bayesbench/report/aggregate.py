@@ -39,6 +39,16 @@ _SHIFT_RE = r"^shift/(?P<kind>[^/]+)/(?P<severity>\d+)$"
 RUN_IDENTITY = ["label", "dataset", "seed"]
 
 
+def extract_unique(values: pd.Series, pattern: str) -> pd.DataFrame:
+    """``values.str.extract(pattern)``, matching each distinct value once (a store has a few
+    hundred split names but one row per run × split × metric)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    parts = pd.Series(uniques, dtype=object).str.extract(pattern)
+    out = parts.reindex(codes)  # code -1 (a missing value) matches nothing: a row of NaN
+    out.index = values.index
+    return out
+
+
 def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (label, dataset, seed) of ``runs`` (a frame with key, label, dataset, seed,
     finished_at, one row per run): the latest run.
@@ -76,7 +86,7 @@ def add_summary_splits(tidy: pd.DataFrame) -> pd.DataFrame:
     """``tidy`` plus per-run rows for the derived splits (module docstring); NaN values are
     skipped in the per-run means."""
     id_cols = [c for c in tidy.columns if c not in ("split", "value")]
-    parts = tidy["split"].str.extract(_SHIFT_RE)
+    parts = extract_unique(tidy["split"], _SHIFT_RE)
     is_shift = parts["kind"].notna()
     # assign plain arrays: assigning the index-aligned columns to an empty selection would
     # re-create the unselected rows as NaN (pandas 3)
@@ -86,17 +96,27 @@ def add_summary_splits(tidy: pd.DataFrame) -> pd.DataFrame:
     )
     ood = tidy[tidy["split"].str.startswith("ood/")]
 
+    run_cols = [c for c in id_cols if c != "metric"]
+    by_key = "key" in run_cols and "metric" in id_cols
+
     def per_run(rows: pd.DataFrame, by: list[str], split_name) -> pd.DataFrame:
         if rows.empty:
             return rows.iloc[0:0][list(tidy.columns)]
-        out = rows.groupby(id_cols + by, dropna=False, sort=False)["value"].mean().reset_index()
-        out["split"] = out.apply(split_name, axis=1) if by else split_name
+        if by_key:  # a key is one run: it fixes the label, dataset, seed, ... (cheaper groups)
+            out = rows.groupby(["key", "metric", *by], dropna=False, sort=False)["value"]
+            out = out.mean().reset_index().merge(rows.drop_duplicates("key")[run_cols],
+                                                 on="key", how="left", sort=False)
+        else:
+            out = rows.groupby(id_cols + by, dropna=False, sort=False)["value"].mean()
+            out = out.reset_index()
+        out["split"] = split_name(out) if by else split_name
         return out[list(tidy.columns)]
 
     derived = [
         per_run(shift, [], SHIFT_MEAN),
-        per_run(shift, ["kind"], lambda r: f"shift/{r['kind']}"),
-        per_run(shift, ["severity"], lambda r: f"severity/{int(r['severity'])}"),
+        per_run(shift, ["kind"], lambda out: "shift/" + out["kind"].astype(str)),
+        per_run(shift, ["severity"],
+                lambda out: "severity/" + out["severity"].astype(int).astype(str)),
         per_run(ood, [], OOD_MEAN),
     ]
     derived = [d for d in derived if not d.empty]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bayesbench.report.render import FigureJob
 from bayesbench.results import RunResult
 
 if TYPE_CHECKING:
@@ -58,10 +59,14 @@ def pool_reliability(runs: Iterable[RunResult]) -> PooledReliability | None:
 
     Runs whose bin count differs from the first run's are skipped (and counted).
     """
+    return pool_reliability_stats(run.reliability for run in runs)
+
+
+def pool_reliability_stats(stats: Iterable[dict | None]) -> PooledReliability | None:
+    """:func:`pool_reliability` of the runs' ``reliability`` records themselves."""
     pooled: PooledReliability | None = None
     skipped = 0
-    for run in runs:
-        rel = run.reliability
+    for rel in stats:
         if not rel or not rel.get("counts"):
             skipped += 1
             continue
@@ -87,9 +92,27 @@ def pool_reliability(runs: Iterable[RunResult]) -> PooledReliability | None:
 
 def reliability_png(dataset: str, runs_by_label: dict[str, Sequence[RunResult]]) -> bytes:
     """PNG bytes of one reliability panel per method label (runs pooled over seeds)."""
+    return reliability_stats_png(dataset, _reliability_stats(runs_by_label))
+
+
+def _reliability_stats(runs_by_label: dict[str, Sequence[RunResult]]
+                       ) -> dict[str, list[dict | None]]:
+    return {label: [run.reliability for run in runs] for label, runs in runs_by_label.items()}
+
+
+def reliability_figure(name: str, dataset: str,
+                       runs_by_label: dict[str, Sequence[RunResult]]) -> FigureJob:
+    """The report's job for :func:`reliability_png`: its input is the runs' reliability
+    records only, so a change elsewhere in a run does not re-render the figure."""
+    return FigureJob(name, reliability_stats_png, (dataset, _reliability_stats(runs_by_label)))
+
+
+def reliability_stats_png(dataset: str, stats_by_label: dict[str, Sequence[dict | None]]
+                          ) -> bytes:
+    """:func:`reliability_png` from each label's runs' ``reliability`` records."""
     from matplotlib.figure import Figure  # lazy: keeps `import bayesbench` light; Agg canvas
 
-    labels = list(runs_by_label)
+    labels = list(stats_by_label)
     ncols = min(4, max(1, len(labels)))
     nrows = math.ceil(max(1, len(labels)) / ncols)
     fig = Figure(figsize=(3.2 * ncols, 3.3 * nrows), layout="constrained")
@@ -97,7 +120,7 @@ def reliability_png(dataset: str, runs_by_label: dict[str, Sequence[RunResult]])
     for ax in axes.flat[len(labels):]:
         ax.set_visible(False)
     for ax, label in zip(axes.flat, labels):
-        pooled = pool_reliability(runs_by_label[label])
+        pooled = pool_reliability_stats(stats_by_label[label])
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)

@@ -4,7 +4,10 @@ comparisons.csv and the figures, all read from one selection of runs
 (:mod:`bayesbench.report.selection`).
 
 Every file is written to a temporary file in the output folder and moved into place with
-``os.replace``, so a reader never sees a half-written report.
+``os.replace``, so a reader never sees a half-written report. Figures, CSVs and report.html
+whose inputs are unchanged since the folder's last report are left as they are
+(:mod:`bayesbench.report.render`); with a config, the header says how much of its grid the
+report holds (:mod:`bayesbench.report.grid`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bayesbench.errors import StoreError
+from bayesbench.errors import BayesbenchError, StoreError
 from bayesbench.metrics import METRICS
-from bayesbench.report.aggregate import OOD_MEAN, SHIFT_MEAN, add_summary_splits, aggregate
-from bayesbench.report.figures import cd_diagram_png, cost_quality_png, reliability_png
+from bayesbench.report.aggregate import (
+    OOD_MEAN,
+    SHIFT_MEAN,
+    add_summary_splits,
+    aggregate,
+    extract_unique,
+)
+from bayesbench.report.figures import cd_diagram_png, cost_quality_png, reliability_figure
 from bayesbench.report.files import (  # noqa: F401  (re-exported: the names callers import)
     MAX_NAME_PART,
     _safe_name,
@@ -31,6 +40,14 @@ from bayesbench.report.files import (  # noqa: F401  (re-exported: the names cal
     safe_file_name,
     unique_file_names,
 )
+from bayesbench.report.render import (
+    FigureJob,
+    frame_digest,
+    input_hash,
+    recorded_hashes,
+    render_figures,
+    write_unless_current,
+)
 from bayesbench.report.selection import select_store_runs
 from bayesbench.report.summary import (
     DEGENERATE_MARGIN,
@@ -40,7 +57,7 @@ from bayesbench.report.summary import (
     not_worse_than_best,
     per_seed_values,
 )
-from bayesbench.report.sweeps import write_sweeps
+from bayesbench.report.sweeps import sweep_figures
 from bayesbench.report.tidy import tidy_summary
 from bayesbench.results import COST_SPLIT, FIT_SPLIT, TEST_SPLIT, RunResult
 from bayesbench.store import ResultStore
@@ -123,18 +140,20 @@ def format_cell(mean: float, std: float, n: int, metric: str) -> str:
 def metric_table(agg: pd.DataFrame, labels: Sequence[str],
                  columns: Sequence[tuple[str, str, str]], drop_empty: bool = True,
                  tied: set[tuple[str, str, str]] | frozenset = frozenset(),
-                 exclude: set[str] | frozenset = frozenset()) -> str:
+                 exclude: set[str] | frozenset = frozenset(),
+                 lookup: dict[tuple[str, str, str], tuple[float, float, int]] | None = None
+                 ) -> str:
     """Markdown table: rows ``labels``, one column per (split, metric, header) of ``agg``
     (one dataset's aggregates). Cells are "mean ± std"; the best mean of each column is bold
     (direction from METRICS; ties at display precision all bold; no bold when all rows tie),
     and cells whose (label, split, metric) is in ``tied`` (not significantly worse than the
     best: :func:`not_worse_than_best`) are in italics. Labels in ``exclude`` (degenerate
     methods) are never marked and get a † after their name. When every row has a
-    constant number of seeds n, one ``n`` column shows it; otherwise each cell says (n=k)."""
-    wanted = {(sp, me) for sp, me, _ in columns}
-    agg = agg[[key in wanted for key in zip(agg["split"], agg["metric"])]]
-    index = agg.set_index(["label", "split", "metric"])[["mean", "std", "n"]]
-    lookup = {k: tuple(v) for k, v in zip(index.index, index.itertuples(index=False))}
+    constant number of seeds n, one ``n`` column shows it; otherwise each cell says (n=k).
+    ``lookup``: :func:`metric_lookup` of ``agg`` when already built (one per dataset serves
+    all its tables)."""
+    if lookup is None:
+        lookup = metric_lookup(agg)
     cols = [c for c in columns
             if not drop_empty or any(_has(lookup.get((lab, c[0], c[1]))) for lab in labels)]
     if not cols:
@@ -183,6 +202,13 @@ def metric_table(agg: pd.DataFrame, labels: Sequence[str],
             row.append(str(next(iter(row_ns[lab]))) if row_ns[lab] else _MISSING)
         rows.append(row)
     return markdown_table(headers, rows)
+
+
+def metric_lookup(agg: pd.DataFrame) -> dict[tuple[str, str, str], tuple[float, float, int]]:
+    """(label, split, metric) -> (mean, std, n) of one dataset's aggregate rows ``agg``."""
+    col = {c: agg[c].tolist() for c in ("label", "split", "metric", "mean", "std", "n")}
+    return dict(zip(zip(col["label"], col["split"], col["metric"]),
+                    zip(col["mean"], col["std"], col["n"])))
 
 
 def _has(entry: tuple[float, float, int] | None) -> bool:
@@ -234,7 +260,8 @@ def _binning_line(runs: Sequence[RunResult]) -> str:
             f"equal-mass bins; confidence = the maximum predicted probability{mixed}.")
 
 
-def _shift_tables(agg: pd.DataFrame, labels: Sequence[str]) -> list[str]:
+def _shift_tables(agg: pd.DataFrame, labels: Sequence[str],
+                  lookup: dict | None = None) -> list[str]:
     splits = set(agg["split"])
     severities = sorted({int(s.split("/")[1]) for s in splits if s.startswith("severity/")})
     kinds = sorted({s.split("/")[1] for s in splits if re.fullmatch(r"shift/[^/]+", s)})
@@ -246,13 +273,14 @@ def _shift_tables(agg: pd.DataFrame, labels: Sequence[str]) -> list[str]:
         cols = ([(f"severity/{s}", metric, f"severity {s}") for s in severities]
                 + [(f"shift/{k}", metric, k) for k in kinds]
                 + [(SHIFT_MEAN, metric, "mean")])
-        table = metric_table(agg, labels, cols)
+        table = metric_table(agg, labels, cols, lookup=lookup)
         if table:
             out += [f"**{title}** {METRICS[metric].arrow}", table]
     return out
 
 
-def _ood_tables(agg: pd.DataFrame, labels: Sequence[str]) -> list[str]:
+def _ood_tables(agg: pd.DataFrame, labels: Sequence[str],
+                lookup: dict | None = None) -> list[str]:
     sets = sorted({s.split("/", 1)[1] for s in set(agg["split"]) if s.startswith("ood/")})
     if not sets:
         return []
@@ -260,7 +288,7 @@ def _ood_tables(agg: pd.DataFrame, labels: Sequence[str]) -> list[str]:
     for score, text in _OOD_SCORES:
         cols = [(f"ood/{name}", f"{kind}_{score}", f"{name} {kname}")
                 for name in sets for kind, kname in _OOD_KINDS]
-        table = metric_table(agg, labels, cols)
+        table = metric_table(agg, labels, cols, lookup=lookup)
         if table:
             out += [f"**Scored by {text}**", table]
     return out
@@ -300,7 +328,7 @@ def _failed_section(failed: Sequence[RunResult]) -> list[str]:
 def results_frame(tidy: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The results.csv layout: tidy rows plus the shift kind and severity parsed from split,
     and each run's provenance (config hash, git commit, finish time) from ``runs``."""
-    parts = tidy["split"].str.extract(r"^shift/(?P<kind>[^/]+)/(?P<severity>\d+)$")
+    parts = extract_unique(tidy["split"], r"^shift/(?P<kind>[^/]+)/(?P<severity>\d+)$")
     out = tidy.assign(shift_kind=parts["kind"],
                       severity=pd.to_numeric(parts["severity"]).astype("Int64"))
     prov = ["config_hash", "git_commit", "finished_at"]
@@ -373,14 +401,58 @@ def replacement_note(path: Path, runs: int, quick: bool) -> str | None:
             f"complete {kind} runs")
 
 
+def _write_csv(out_dir: Path, name: str, frame: pd.DataFrame) -> Path:
+    """``frame.to_csv(index=False)`` into ``out_dir / name``, skipped when the file already
+    holds the CSV of an identical frame (formatting 50 000 rows is the slow part)."""
+    inputs = input_hash(pd.DataFrame.to_csv, (frame_digest(frame),), packages=("pandas",))
+    return write_unless_current(out_dir, name, inputs, lambda: frame.to_csv(index=False))[0]
+
+
+def committed_note(path: Path, text: str, replacing: str | None = None) -> str | None:
+    """A note when ``path`` is a leaderboard.md that git tracks and ``text`` would change it
+    (``replacing``: the :func:`replacement_note`, said as part of it); None otherwise."""
+    try:
+        old = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if old == text or not _tracked_by_git(path):
+        return None
+    what = replacing or f"replacing {path}"
+    return (f"{what}: the file is committed in git; `git diff -- {path}` shows what changed "
+            f"and `git checkout -- {path}` restores the committed report")
+
+
+def _tracked_by_git(path: Path) -> bool:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "ls-files", "--error-unmatch", path.name],
+                              cwd=path.parent, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False  # no git, or not a folder git can look at
+    return done.returncode == 0
+
+
 def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.PathLike[str],
                  quick: bool | None = None, html: bool = True,
-                 notes: list[str] | None = None) -> list[Path]:
+                 notes: list[str] | None = None, workers: int | None = None,
+                 rendered: list[str] | None = None,
+                 config: str | os.PathLike[str] | None = None) -> list[Path]:
     """Write leaderboard.md (summary across datasets first), results.csv, summary.csv,
     comparisons.csv, cd_diagram.png, cost_quality.png, reliability_<dataset>.png, for swept
     method groups sweep_<dataset>_<group>.png (:mod:`bayesbench.report.sweeps`), and, with
     ``html``, a self-contained report.html. When ``notes`` is a list, a note is appended to it
     if the folder held a leaderboard of other runs (:func:`replacement_note`).
+
+    With ``config`` (a benchmarks.yaml), the header says how many runs of the grid it
+    configures for this kind the report holds ("15 of 228 runs": :mod:`bayesbench.report.
+    grid`), and a partial grid gets a note too. Replacing a leaderboard.md that git tracks
+    with other content always gets a note.
+
+    A figure whose inputs are unchanged since it was last written to the folder is not
+    redrawn (:mod:`bayesbench.report.render`); the others are drawn in up to ``workers``
+    processes (None: the usable cores). When ``rendered`` is a list, the names of the figures
+    drawn are appended to it.
 
     Every file reads one selection of runs (:func:`bayesbench.report.selection.
     select_store_runs`): one kind (``quick=None``: full runs when the store has any, else
@@ -398,8 +470,18 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
     full = add_summary_splits(tidy)  # once: the aggregates and the paired tests share it
     agg = aggregate(tidy, full)
     note = replacement_note(out_dir / "leaderboard.md", len(sel.runs), quick)
-    if note and notes is not None:
-        notes.append(note)
+    coverage = None
+    if config is not None:
+        from bayesbench.report.grid import grid_coverage
+
+        try:
+            coverage = grid_coverage(config, quick, store.path, out_dir, set(sel.runs["key"]))
+        except BayesbenchError as exc:  # the report stands without the count: say why
+            if notes is not None:
+                notes.append(f"no count of the configured grid: {exc}")
+        else:
+            if coverage.partial and notes is not None:
+                notes.append(coverage.line().replace("**", ""))
     values = per_seed_values(tidy, full)
     degenerate = degenerate_pairs(agg, chance_levels(complete))
     summary = cross_dataset_summary(values, degenerate=degenerate)
@@ -407,14 +489,10 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
                           ignore_index=True)
     tied = not_worse_than_best(agg_shown, values, MAIN_COLUMNS, exclude=set(degenerate))
     comparisons = summary.comparisons
-    written = [
-        atomic_write(out_dir / "results.csv", results_frame(tidy, sel.runs).to_csv(index=False)),
-        atomic_write(out_dir / "summary.csv",
-                     tidy_summary(agg, complete).to_csv(index=False)),
-        atomic_write(out_dir / "comparisons.csv", comparisons.to_csv(index=False)),
-        atomic_write(out_dir / "cd_diagram.png", cd_diagram_png(summary.rankings)),
-    ]
-    figures = ["cd_diagram.png"]
+    written = [_write_csv(out_dir, "results.csv", results_frame(tidy, sel.runs)),
+               _write_csv(out_dir, "summary.csv", tidy_summary(agg, complete)),
+               _write_csv(out_dir, "comparisons.csv", comparisons)]
+    jobs = [FigureJob("cd_diagram.png", cd_diagram_png, (summary.rankings,))]
     if summary.reference is not None:
         ratio = agg_shown[agg_shown["metric"] == TRAIN_RATIO][["dataset", "label", "mean"]]
         test = agg[agg["split"] == TEST_SPLIT].pivot_table(
@@ -422,9 +500,8 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
         points = ratio.rename(columns={"mean": "ratio"}).merge(
             test.reindex(columns=["nll", "ece"]).reset_index(), on=["dataset", "label"],
             how="left")
-        written.append(atomic_write(out_dir / "cost_quality.png",
-                                    cost_quality_png(points, summary.reference)))
-        figures.append("cost_quality.png")
+        jobs.append(FigureJob("cost_quality.png", cost_quality_png,
+                              (points, summary.reference)))
 
     datasets = sel.datasets
     stems = unique_file_names([(d,) for d in datasets])
@@ -433,9 +510,11 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
           f"Store `{store.path}`. Full provenance (run key, config hash, git commit, finish "
           "time of every run) is in results.csv; paired tests against map in comparisons.csv.",
           ""]
+    if coverage is not None:
+        md += [coverage.line(), ""]
     md += summary.markdown()
     md += ["![Critical-difference diagrams](cd_diagram.png)", ""]
-    if "cost_quality.png" in figures:
+    if any(job.name == "cost_quality.png" for job in jobs):
         md += ["![Cost against quality](cost_quality.png)", ""]
     md += ["## Per dataset", "",
            "Cells are mean ± std over seeds (sample std, ddof = 1); n is the number of seeds. "
@@ -443,20 +522,29 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
            "the best (two-sided paired t-test over shared seeds, p ≥ 0.05; no mark without "
            "2 shared seeds). ↑ higher is better, ↓ lower is better.",
            ""]
+    agg_by_dataset = dict(tuple(agg_shown.groupby("dataset", sort=False)))
+    tied_by_dataset: dict[str, set[tuple[str, str, str]]] = {}
+    for d, lab, s_, m in tied:
+        tied_by_dataset.setdefault(d, set()).add((lab, s_, m))
+    runs_by_dataset: dict[str, list[RunResult]] = {}
+    for r in complete:
+        runs_by_dataset.setdefault(r.dataset, []).append(r)
     for dataset in datasets:
-        agg_ds = agg_shown[agg_shown["dataset"] == dataset]
+        agg_ds = agg_by_dataset.get(dataset, agg_shown.iloc[0:0])
+        lookup = metric_lookup(agg_ds)
         labels = sorted(agg_ds["label"].unique())
-        tied_ds = {(lab, s_, m) for d, lab, s_, m in tied if d == dataset}
-        runs_ds = [r for r in complete if r.dataset == dataset]
+        tied_ds = tied_by_dataset.get(dataset, set())
+        runs_ds = runs_by_dataset.get(dataset, [])
         by_label = {lab: [r for r in runs_ds if r.label == lab] for lab in labels}
         png = out_dir / f"reliability_{stems[(dataset,)]}.png"
-        written.append(atomic_write(png, reliability_png(dataset, by_label)))
+        jobs.append(reliability_figure(png.name, dataset, by_label))
         md += [f"## {dataset}", ""]
         for line in (_classes_line(runs_ds), _shift_files_line(runs_ds), _binning_line(runs_ds)):
             md += [line, ""] if line else []
         excluded = {lab for d, lab in degenerate if d == dataset}
         for title, columns in DATASET_TABLES:
-            table = metric_table(agg_ds, labels, columns, tied=tied_ds, exclude=excluded)
+            table = metric_table(agg_ds, labels, columns, tied=tied_ds, exclude=excluded,
+                                 lookup=lookup)
             if table:
                 md += [f"**{title}**", "", table, ""]
         if excluded:
@@ -465,18 +553,30 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
                    "the rankings.", ""]
         shift_files = _shift_files_line(runs_ds)
         md += _details(f"Shift and OOD details on {dataset}",
-                       [*_shift_tables(agg_ds, labels), *([shift_files] if shift_files else []),
-                        *_ood_tables(agg_ds, labels)])
+                       [*_shift_tables(agg_ds, labels, lookup),
+                        *([shift_files] if shift_files else []),
+                        *_ood_tables(agg_ds, labels, lookup)])
         md += _details(f"Fit diagnostics on {dataset}", _fit_tables(agg_ds))
         md += [f"![Reliability diagrams on {dataset}]({png.name})", ""]
-    sweep_paths, sweep_md = write_sweeps(complete, out_dir)
-    written += sweep_paths
+    sweep_jobs, sweep_md = sweep_figures(complete)
+    jobs += sweep_jobs
     md += sweep_md
+    figure_paths = render_figures(jobs, out_dir, workers=workers, rendered=rendered)
+    written += figure_paths
     md += [*(p + "\n" for p in _failed_section(failed))]
     text = "\n".join(md).rstrip() + "\n"
+    committed = committed_note(out_dir / "leaderboard.md", text, note)
+    if notes is not None and (committed or note):
+        notes.append(committed or note)
     written.insert(0, atomic_write(out_dir / "leaderboard.md", text))
     if html:
         from bayesbench.report.html import report_html
 
-        written.append(atomic_write(out_dir / "report.html", report_html(text, out_dir)))
+        # report.html embeds the figures: it is current when the Markdown and every PNG are
+        pngs = recorded_hashes(out_dir)
+        inputs = input_hash(report_html, (text, [(p.name, pngs.get(p.name)) for p in figure_paths]),
+                            packages=("markdown-it-py",))
+        path, _ = write_unless_current(out_dir, "report.html", inputs,
+                                       lambda: report_html(text, out_dir))
+        written.append(path)
     return written

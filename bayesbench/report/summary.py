@@ -385,11 +385,11 @@ def not_worse_than_best(agg: pd.DataFrame, values: pd.DataFrame,
     seeds against the best label gives p ≥ α (uncorrected, so the marks err towards "not
     distinguishable"). Fewer than 2 shared seeds: no test, no mark. ``exclude``: (dataset,
     label) pairs that are never the best nor marked (degenerate methods)."""
-    wanted = {(s, m) for s, m, _ in columns if m in METRICS}
-    keys = list(zip(agg["split"], agg["metric"]))
-    keep = [k in wanted for k in keys] & np.isfinite(agg["mean"].to_numpy(float))
+    wanted = [(s, m) for s, m, _ in columns if m in METRICS]
+    keep = (pd.MultiIndex.from_arrays([agg["split"], agg["metric"]]).isin(wanted)
+            & np.isfinite(agg["mean"].to_numpy(float)))
     if exclude:
-        keep &= np.array([p not in exclude for p in zip(agg["dataset"], agg["label"])])
+        keep &= ~pd.MultiIndex.from_arrays([agg["dataset"], agg["label"]]).isin(list(exclude))
     sub = agg[keep]
     if sub.empty:
         return set()

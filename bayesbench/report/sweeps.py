@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayesbench.report.files import atomic_write, unique_file_names
+from bayesbench.report.files import unique_file_names
+from bayesbench.report.render import FigureJob, render_figures
 from bayesbench.results import TEST_SPLIT, RunResult
 
 SWEEP_METRICS: list[tuple[str, str]] = [("nll", "test NLL"), ("ece", "test ECE"),
@@ -145,23 +146,24 @@ def sweep_png(dataset: str, group: str, summary: pd.DataFrame,
     return buf.getvalue()
 
 
-def write_sweeps(runs: Sequence[RunResult], out_dir: str | Path) -> tuple[list[Path], list[str]]:
-    """Write ``sweep_<dataset>_<group>.png`` for every swept group of ``runs`` (complete runs
-    of one mode); returns (written paths, the "Sweeps" Markdown lines, empty without sweeps)."""
+def sweep_figures(runs: Sequence[RunResult]) -> tuple[list[FigureJob], list[str]]:
+    """The figure jobs of ``sweep_<dataset>_<group>.png`` for every swept group of ``runs``
+    (complete runs of one mode) and the "Sweeps" Markdown lines (both empty without sweeps)."""
     summary = sweep_summary(runs)
     if summary.empty:
         return [], []
-    out_dir = Path(out_dir)
-    paths: list[Path] = []
+    jobs: list[FigureJob] = []
     md = ["## Sweeps", "",
           "Test metrics of each swept method group against its swept parameters "
           f"(mean ± std over seeds; dashed line: {REFERENCE_METHOD}).", ""]
     parts = list(summary.groupby(["dataset", "group"], sort=True))
     stems = unique_file_names([(str(d), str(g)) for (d, g), _ in parts])
+    references: dict[str, dict[str, float]] = {}
     for (dataset, group), part in parts:
-        png = out_dir / f"sweep_{stems[(str(dataset), str(group))]}.png"
-        paths.append(atomic_write(png, sweep_png(dataset, group, part,
-                                                 reference_means(runs, dataset))))
+        name = f"sweep_{stems[(str(dataset), str(group))]}.png"
+        if dataset not in references:
+            references[dataset] = reference_means(runs, dataset)
+        jobs.append(FigureJob(name, sweep_png, (dataset, group, part, references[dataset])))
         md += [f"### {group} on {dataset}", ""]
         finite = part.dropna(subset=["nll_mean"])
         if not finite.empty:
@@ -169,5 +171,14 @@ def write_sweeps(runs: Sequence[RunResult], out_dir: str | Path) -> tuple[list[P
             md += [f"Lowest test NLL: `{best['label']}` ({best['nll_mean']:.3f}; "
                    f"accuracy {best['accuracy_mean']:.3f}, ECE {best['ece_mean']:.3f}), "
                    f"{len(part)} members.", ""]
-        md += [f"![Sweep of {group} on {dataset}]({png.name})", ""]
-    return paths, md
+        md += [f"![Sweep of {group} on {dataset}]({name})", ""]
+    return jobs, md
+
+
+def write_sweeps(runs: Sequence[RunResult], out_dir: str | Path) -> tuple[list[Path], list[str]]:
+    """Write ``sweep_<dataset>_<group>.png`` for every swept group of ``runs`` (complete runs
+    of one mode; a figure whose inputs are unchanged is not redrawn:
+    :func:`~bayesbench.report.render.render_figures`); returns (the paths, the "Sweeps"
+    Markdown lines, empty without sweeps)."""
+    jobs, md = sweep_figures(runs)
+    return (render_figures(jobs, out_dir) if jobs else []), md

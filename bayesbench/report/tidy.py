@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from bayesbench.report.aggregate import AGGREGATE_COLUMNS
+from bayesbench.report.aggregate import AGGREGATE_COLUMNS, extract_unique
 from bayesbench.results import RunResult
 
 SPLIT_COLUMNS = ["split_kind", "shift_kind", "severity", "ood_set"]
@@ -37,7 +37,7 @@ _SPLIT_RE = (r"^(?:(?P<test>test|cost|fit|shift_mean|ood_mean)"
 def split_columns(splits: pd.Series) -> pd.DataFrame:
     """``split_kind``, ``shift_kind``, ``severity`` (nullable integer) and ``ood_set`` of each
     split name (module docstring); unknown split names get ``split_kind`` = the name."""
-    parts = splits.str.extract(_SPLIT_RE)
+    parts = extract_unique(splits, _SPLIT_RE)
     kind = np.select(
         [parts["test"].notna(), parts["kind"].notna(), parts["kind_only"].notna(),
          parts["sev_only"].notna(), parts["ood"].notna()],
