@@ -22,7 +22,8 @@ TINY = {
     "model": {"d_model": 16, "heads": 2, "depth": 1},
     "training": {"epochs": 1},
     "quick": {"epochs": 1, "max_train": 96, "max_eval": 40, "mc_samples": 3, "seeds": 1},
-    "datasets": ["digits", {"name": "markov", "params": {"num_train": 200, "num_val": 60, "num_test": 60}}],
+    "datasets": ["digits", {"name": "markov",
+                            "params": {"num_train": 200, "num_val": 60, "num_test": 60}}],
     "methods": ["map", "mc_dropout"],
 }
 SCORED = ("test", "shift/", "ood/")
