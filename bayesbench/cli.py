@@ -478,6 +478,43 @@ def score(
 
 
 @app.command()
+def rescore(
+    store: StoreOpt = DEFAULT_STORE,
+    ece_bins: Annotated[Optional[int], typer.Option(
+        "--ece-bins", min=1, max=1000, help="Score with this many calibration bins, stored as "
+        "the runs of a config with evaluation.ece_bins set so (default: each run's own, in "
+        "place).")] = None,
+    quick: RunsOpt = None,
+) -> None:
+    """Recompute every metric from the predictions stored with each run, without retraining.
+
+    Example: `bayesbench rescore --ece-bins 10` (then `report` a config with ece_bins: 10)
+
+    In place, with the metric code of this bayesbench (a fixed or a new metric); cost and fit
+    diagnostics are kept. Runs stored without predictions are counted and left as they are.
+    """
+    from bayesbench.rescore import rescore_store
+    from bayesbench.store import ResultStore
+
+    result_store = ResultStore.open_existing(store)
+    outcome = rescore_store(result_store, ece_bins=ece_bins, quick=quick)
+    if ece_bins is None:
+        out.print(f"rescored {outcome.rescored} run(s) from their stored predictions: "
+                  f"{outcome.values_changed} value(s) changed in {outcome.changed} run(s)",
+                  highlight=False)
+    else:
+        out.print(f"scored {outcome.derived} run(s) with {ece_bins} ECE bins, stored as new "
+                  f"runs (evaluation.ece_bins: {ece_bins}); {outcome.already} were stored "
+                  "already", highlight=False)
+    if outcome.without_predictions:
+        console.print(f"{outcome.without_predictions} run(s) have no stored predictions "
+                      "(stored before they were kept, or with keep_predictions: false): left "
+                      "as they are", highlight=False)
+    for problem in outcome.problems:
+        console.print(f"note: {escape(problem)}", highlight=False)
+
+
+@app.command()
 def priors(
     dataset: Annotated[Optional[str], typer.Option(
         help="Dataset whose test inputs the prior functions see: a dataset label of --config "

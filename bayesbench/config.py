@@ -36,6 +36,8 @@ Layout (all sections but ``datasets`` and ``methods`` optional)::
       name: hf                       # on; registry name, 'package.module:Class' or entry point
       params: {model: ./my-bert, pretrained: true, train: all}   # the backbone's arguments
                                      # default: transformer (the model: section; no run key)
+    keep_predictions: true           # store each evaluation split's predictions (default), so
+                                     # `bayesbench rescore` recomputes metrics (no run key)
 """
 
 from __future__ import annotations
@@ -301,6 +303,7 @@ class Config:
     methods: list[Entry]
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # not in any run key
     backbone: dict[str, Any] = field(default_factory=lambda: {**DEFAULT_BACKBONE, "params": {}})
+    keep_predictions: bool = True  # not in any run key
 
 
 @dataclass(frozen=True)
@@ -333,12 +336,14 @@ class RunSpec:
     threads: int = 1
     device: str = "cpu"
     backbone: dict[str, Any] = field(default_factory=lambda: {**DEFAULT_BACKBONE, "params": {}})
+    keep_predictions: bool = True  # store the evaluation splits' predictions; never hashed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def _hashed(self) -> dict[str, Any]:
         d = self.to_dict()
+        del d["keep_predictions"]  # what is kept, not what is computed
         for name, default in _UNHASHED_DEFAULTS.items():
             if d[name] == default:
                 del d[name]
@@ -569,7 +574,7 @@ def _sweep_members(v: _Validator, sweep: Any, params: dict, where: str) -> list[
 
 
 TOP_LEVEL_KEYS = ["seeds", "model", "training", "evaluation", "quick", "datasets", "methods",
-                  "executor", "backbone"]
+                  "executor", "backbone", "keep_predictions"]
 
 
 def parse_config(data: Any, path: str = "<config>") -> Config:
@@ -604,8 +609,9 @@ def parse_config(data: Any, path: str = "<config>") -> Config:
     for i, (d, item) in enumerate(zip(datasets, data["datasets"])):
         if isinstance(item, dict) and "backbone" in item:
             d.backbone = backbone_section(v, item["backbone"], f"datasets[{i}].backbone")
+    keep = v.typed(data.get("keep_predictions", True), bool, "keep_predictions")
     return Config(path, seeds, model, training, evaluation, quick, datasets, methods, executor,
-                  backbone)
+                  backbone, keep)
 
 
 def backbone_section(v: _Validator, raw: Any, where: str) -> dict[str, Any]:
@@ -816,5 +822,6 @@ def expand(
                     method_version=m.version, dataset_version=d.version,
                     threads=threads, device=device,
                     backbone=d.backbone or config.backbone,
+                    keep_predictions=config.keep_predictions,
                 ))
     return specs

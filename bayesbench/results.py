@@ -107,6 +107,9 @@ class RunResult:
     device: str = "cpu"
     started_at: str = ""
     finished_at: str = ""
+    predictions: bytes | None = None
+    """Per evaluation split, what every metric is computed from (bayesbench.predictions,
+    compressed); stored in the store's ``predictions`` table, loaded only on request."""
 
     def metric(self, split: str, metric: str) -> float | None:
         for m in self.metrics:

@@ -132,13 +132,19 @@ def _finite_probs(samples: torch.Tensor, where: str) -> torch.Tensor:
 
 
 def evaluate_method(
-    method: Method, task: Task, evaluation: EvaluationConfig
+    method: Method, task: Task, evaluation: EvaluationConfig,
+    predictions: dict[str, Any] | None = None,
 ) -> tuple[list[MetricValue], dict[str, Any], float]:
-    """All metrics on test, shifted and OOD sets; returns (metrics, reliability, predict s/1000)."""
+    """All metrics on test, shifted and OOD sets; returns (metrics, reliability, predict s/1000).
+    ``predictions``, when given, receives each split's
+    :class:`~bayesbench.predictions.SplitPredictions` (what :func:`bayesbench.predictions.
+    rescore` recomputes every metric from)."""
     bins = evaluation.ece_bins
     t0 = time.perf_counter()
     test = _finite_probs(method.predict(task.test.x), "test")
     per_1000 = (time.perf_counter() - t0) / len(task.test) * 1000
+    keep = _prediction_keeper(predictions)
+    keep(TEST_SPLIT, test, task.test.y, task.test.true_probs)
     out = [MetricValue(TEST_SPLIT, k, v)
            for k, v in evaluate_split(test, task.test.y, n_bins=bins,
                                       true_probs=task.test.true_probs).items()]
@@ -146,15 +152,28 @@ def evaluate_method(
         for severity, split in sorted(severities.items()):
             name = shift_split(kind, severity)
             samples = _finite_probs(method.predict(split.x), name)
+            keep(name, samples, split.y, split.true_probs)
             out += [MetricValue(name, k, v) for k, v in
                     evaluate_split(samples, split.y, n_bins=bins,
                                    true_probs=split.true_probs).items()]
     for ood_name, x in task.ood.items():
         name = ood_split(ood_name)
         samples = _finite_probs(method.predict(x), name)
+        keep(name, samples, None, None)
         out += [MetricValue(name, k, v) for k, v in evaluate_ood(test, samples).items()]
     reliability = reliability_statistics(test.mean(0), task.test.y, n_bins=bins)
     return out, reliability, per_1000
+
+
+def _prediction_keeper(predictions: dict[str, Any] | None) -> Callable[..., None]:
+    if predictions is None:
+        return lambda *args: None
+    from bayesbench.predictions import SplitPredictions
+
+    def keep(split: str, samples: torch.Tensor, labels: Any, true_probs: Any) -> None:
+        predictions[split] = SplitPredictions.of(samples, labels, true_probs)
+
+    return keep
 
 
 def task_record(task: Task) -> dict[str, Any]:
@@ -190,7 +209,12 @@ def run_one(
         train_seconds = time.perf_counter() - t0
         if on_evaluate is not None:
             on_evaluate()
-        metrics, reliability, per_1000 = evaluate_method(method, task, ctx.evaluation)
+        kept: dict[str, Any] | None = {} if spec.keep_predictions else None
+        metrics, reliability, per_1000 = evaluate_method(method, task, ctx.evaluation, kept)
+        if kept:
+            from bayesbench.predictions import encode
+
+            result.predictions = encode(kept)
         metrics += [
             MetricValue(COST_SPLIT, "train_seconds", train_seconds),
             MetricValue(COST_SPLIT, "predict_seconds_per_1000", per_1000),

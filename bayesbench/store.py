@@ -10,6 +10,10 @@ Tables
     result never replaces a complete one: a finished result is never lost.
 ``metrics(key, split, metric, value)``
     Tidy metric values, for queries and for :meth:`ResultStore.metrics_frame`.
+``predictions(key, data, bytes)``
+    What every metric of the run is computed from, per evaluation split
+    (:mod:`bayesbench.predictions`, compressed), written with the run; ``bayesbench rescore``
+    recomputes the metrics from it.
 ``claims(key, owner, host, pid, claimed_at, heartbeat)``
     Runs in flight. A ``bayesbench run`` claims a run (:meth:`ResultStore.claim`, one
     ``BEGIN IMMEDIATE`` transaction) before it trains it, renews its claims' heartbeat while it
@@ -70,6 +74,13 @@ CREATE TABLE IF NOT EXISTS claims (
     heartbeat  REAL NOT NULL
 );"""
 
+_PREDICTIONS_SQL = """
+CREATE TABLE IF NOT EXISTS predictions (
+    key   TEXT PRIMARY KEY REFERENCES runs(key) ON DELETE CASCADE,
+    data  BLOB NOT NULL,
+    bytes INTEGER NOT NULL
+);"""
+
 _SCHEMA_SQL = f"""
 BEGIN;
 CREATE TABLE IF NOT EXISTS bayesbench_schema (
@@ -103,6 +114,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_by_metric ON metrics(metric, split);
 {_CLAIMS_SQL}
+{_PREDICTIONS_SQL}
 INSERT OR IGNORE INTO bayesbench_schema (name, value)
     VALUES ('app', '{_APP_NAME}'), ('schema_version', '{SCHEMA_VERSION}');
 COMMIT;
@@ -263,6 +275,8 @@ class ResultStore:
                     )
                 if "claims" not in tables:  # a store written before claims existed
                     conn.execute(_CLAIMS_SQL)
+                if "predictions" not in tables:  # ... or before predictions were kept
+                    conn.execute(_PREDICTIONS_SQL)
         # WAL lets report/check read while a run writes; outside the transaction by necessity.
         with contextlib.suppress(StoreError):
             with self._connect() as conn:
@@ -293,6 +307,7 @@ class ResultStore:
                 if stored is not None and stored[0] == "complete":
                     return False
             conn.execute("DELETE FROM metrics WHERE key = ?", (result.key,))
+            conn.execute("DELETE FROM predictions WHERE key = ?", (result.key,))
             conn.execute("DELETE FROM runs WHERE key = ?", (result.key,))
             conn.execute(
                 f"INSERT INTO runs ({', '.join(columns)}) "
@@ -303,7 +318,41 @@ class ResultStore:
                 "INSERT INTO metrics (key, split, metric, value) VALUES (?, ?, ?, ?)",
                 [(result.key, m.split, m.metric, float(m.value)) for m in result.metrics],
             )
+            if result.predictions is not None:
+                conn.execute("INSERT INTO predictions (key, data, bytes) VALUES (?, ?, ?)",
+                             (result.key, result.predictions, len(result.predictions)))
         return True
+
+    def replace_metrics(self, key: str, metrics: Iterable[MetricValue],
+                        spec: dict[str, Any], reliability: dict[str, Any] | None) -> None:
+        """Replace the metrics of the stored run ``key`` whose splits ``metrics`` cover (other
+        splits, such as cost and fit, are kept), its spec and reliability statistics, in one
+        transaction (``bayesbench rescore``)."""
+        metrics = list(metrics)
+        splits = {m.split for m in metrics}
+        with self._connect(immediate=True) as conn:
+            kept = [row for row in conn.execute(
+                "SELECT split, metric, value FROM metrics WHERE key = ? ORDER BY rowid", (key,))
+                if row[0] not in splits]
+            conn.execute("DELETE FROM metrics WHERE key = ?", (key,))
+            # the order a run reports in: the scored splits first, then cost and fit
+            conn.executemany(
+                "INSERT INTO metrics (key, split, metric, value) VALUES (?, ?, ?, ?)",
+                [(key, m.split, m.metric, float(m.value)) for m in metrics]
+                + [(key, *row) for row in kept])
+            conn.execute("UPDATE runs SET spec = ?, reliability = ? WHERE key = ?",
+                         (_to_json(spec), _to_json(reliability), key))
+
+    def predictions(self, key: str) -> bytes | None:
+        """The stored predictions blob of run ``key`` (None when none were kept)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT data FROM predictions WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def predictions_sizes(self) -> dict[str, int]:
+        """Run key -> bytes of its stored predictions."""
+        with self._connect() as conn:
+            return dict(conn.execute("SELECT key, bytes FROM predictions"))
 
     # -- claims on runs in flight ---------------------------------------------------------------
 

@@ -181,7 +181,7 @@ def test_threads_and_device_enter_the_key_only_off_their_defaults(tmp_path):
     # keys of default runs are what they were before these fields existed
     legacy = {k: v for k, v in default.to_dict().items()
               if k not in ("threads", "device", "method_version", "dataset_version",
-                           "backbone")}
+                           "backbone", "keep_predictions")}
     from bayesbench.config import _digest
 
     assert default.key == _digest(legacy)[:16]

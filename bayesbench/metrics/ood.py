@@ -69,8 +69,15 @@ def ood_detection_metrics(in_samples: Any, ood_samples: Any) -> dict[str, float]
         raise ValueError(
             f"in-distribution samples have {s_in.shape[2]} classes, OOD samples {s_ood.shape[2]}"
         )
-    is_ood = np.concatenate([np.zeros(s_in.shape[1]), np.ones(s_ood.shape[1])])
-    scores_in, scores_ood = ood_scores(s_in), ood_scores(s_ood)
+    return ood_metrics_from_scores(ood_scores(s_in), ood_scores(s_ood))
+
+
+def ood_metrics_from_scores(scores_in: dict[str, np.ndarray],
+                            scores_ood: dict[str, np.ndarray]) -> dict[str, float]:
+    """The metrics of :func:`ood_detection_metrics` from the scores of :data:`OOD_SCORES`
+    (``[N]`` on in-distribution inputs, ``[M]`` on OOD inputs, per score name)."""
+    first = next(iter(OOD_SCORES))
+    is_ood = np.concatenate([np.zeros(len(scores_in[first])), np.ones(len(scores_ood[first]))])
     out: dict[str, float] = {}
     for name in OOD_SCORES:
         scores = np.concatenate([scores_in[name], scores_ood[name]])

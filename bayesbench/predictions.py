@@ -1,0 +1,134 @@
+"""A run's predictions, kept so that its metrics can be recomputed without retraining.
+
+Per evaluation split (``test``, every ``shift/<kind>/<severity>``, every ``ood/<name>``) a run
+keeps what every metric of :mod:`bayesbench.metrics` is a function of:
+
+- ``probs [N, C]``: the predictive, the mean over the method's S probability samples, in
+  float64 exactly as the metrics compute it (so rescoring reproduces the stored values
+  bit for bit);
+- ``expected_entropy [N]``: the mean over the samples of each sample's entropy (with the
+  predictive's entropy it gives the mutual information, the OOD score of sampling methods);
+  absent for S = 1, where it equals the predictive's entropy;
+- ``labels [N]`` (not for OOD inputs) and, where the dataset knows it, ``true_probs [N, C]``.
+
+They are stored compressed (``numpy.savez_compressed``; float64 arrays that float32 holds
+exactly as float32) in one blob per run, in the same
+transaction as the run (:meth:`bayesbench.store.ResultStore.write`). :func:`rescore` computes
+every metric of :func:`bayesbench.runner.evaluate_method` from them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bayesbench.metrics.classification import _entropy, as_samples
+from bayesbench.metrics.ood import ood_metrics_from_scores
+from bayesbench.metrics.suite import evaluate_split
+from bayesbench.results import TEST_SPLIT, MetricValue
+
+PREDICTIONS_FORMAT = 1
+
+
+@dataclass
+class SplitPredictions:
+    probs: np.ndarray
+    expected_entropy: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    true_probs: np.ndarray | None = None
+    samples: int = 1
+
+    @classmethod
+    def of(cls, samples: Any, labels: Any = None, true_probs: Any = None) -> SplitPredictions:
+        """From a method's ``[S, N, C]`` probability samples (as ``Method.predict`` gives)."""
+        s = as_samples(samples)
+        return cls(
+            probs=s.mean(axis=0),
+            expected_entropy=_entropy(s).mean(axis=0) if s.shape[0] > 1 else None,
+            labels=None if labels is None else _numpy(labels).astype(np.int64),
+            true_probs=None if true_probs is None else _numpy(true_probs).astype(np.float64),
+            samples=int(s.shape[0]),
+        )
+
+    def ood_scores(self) -> dict[str, np.ndarray]:
+        """The OOD scores of :data:`bayesbench.metrics.ood.OOD_SCORES`, from the summary."""
+        entropy = _entropy(self.probs)
+        expected = entropy if self.expected_entropy is None else self.expected_entropy
+        return {"max_prob": 1.0 - self.probs.max(axis=1), "entropy": entropy,
+                "mutual_info": np.maximum(entropy - expected, 0.0)}
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+_FIELDS = ("probs", "expected_entropy", "labels", "true_probs")
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """float64 values that float32 holds exactly (the predictive of a method with one sample
+    is its float32 output) are stored as float32: half the bytes, nothing lost."""
+    if a.dtype == np.float64:
+        small = a.astype(np.float32)
+        if np.array_equal(small.astype(np.float64), a):
+            return small
+    return a
+
+
+def _widen(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float64) if a.dtype == np.float32 else a
+
+
+def encode(predictions: dict[str, SplitPredictions]) -> bytes:
+    """One compressed blob for a run's predictions (split order kept)."""
+    arrays: dict[str, np.ndarray] = {}
+    index = []
+    for i, (split, p) in enumerate(predictions.items()):
+        index.append({"split": split, "samples": p.samples})
+        for name in _FIELDS:
+            value = getattr(p, name)
+            if value is not None:
+                arrays[f"{i}.{name}"] = _compact(value)
+    arrays["index"] = np.frombuffer(json.dumps(
+        {"format": PREDICTIONS_FORMAT, "splits": index}).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def decode(blob: bytes) -> dict[str, SplitPredictions]:
+    """The inverse of :func:`encode`."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        index = json.loads(data["index"].tobytes().decode())
+        if index.get("format") != PREDICTIONS_FORMAT:
+            raise ValueError(f"stored predictions have format {index.get('format')}, this "
+                             f"bayesbench reads format {PREDICTIONS_FORMAT}")
+        out = {}
+        for i, entry in enumerate(index["splits"]):
+            fields = {name: _widen(data[f"{i}.{name}"]) if f"{i}.{name}" in data.files
+                      else None for name in _FIELDS}
+            out[entry["split"]] = SplitPredictions(samples=int(entry["samples"]), **fields)
+    return out
+
+
+def rescore(predictions: dict[str, SplitPredictions], n_bins: int) -> list[MetricValue]:
+    """Every metric of the test, shifted and OOD splits from stored predictions, with
+    ``n_bins`` calibration bins (the metrics ``evaluate_method`` stores, cost and fit aside)."""
+    out: list[MetricValue] = []
+    test = predictions.get(TEST_SPLIT)
+    for split, p in predictions.items():
+        if split.startswith("ood/"):
+            if test is None:
+                raise ValueError("stored predictions have OOD sets but no test split")
+            out += [MetricValue(split, k, float(v)) for k, v in
+                    ood_metrics_from_scores(test.ood_scores(), p.ood_scores()).items()]
+        else:
+            if p.labels is None:
+                raise ValueError(f"stored predictions of {split} have no labels")
+            out += [MetricValue(split, k, v) for k, v in evaluate_split(
+                p.probs, p.labels, n_bins=n_bins, true_probs=p.true_probs).items()]
+    return out
