@@ -296,3 +296,17 @@ def test_same_seed_same_numbers(digits_tiny):
     first, second = fit_predict(), fit_predict()
     assert first.shape[0] == 3
     assert torch.equal(first, second)
+
+
+def test_marsaglia_tsang_without_z_draws_the_same_log_z_and_e():
+    """need_z=False (sampling without gradients) skips Z only: log Z, E and the random
+    numbers drawn are those of the full call, rejected proposals included."""
+    alpha = torch.cat([torch.full((3000,), 1e-3), torch.linspace(0.01, 50.0, 3000)])
+    torch.manual_seed(7)
+    log_z, z, e = marsaglia_tsang(alpha)
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    log_z2, z2, e2 = marsaglia_tsang(alpha, need_z=False)
+    assert z2 is None and z is not None
+    assert torch.equal(log_z, log_z2) and torch.equal(e, e2)
+    assert torch.equal(torch.rand(3), after)  # the same amount of the stream consumed

@@ -74,3 +74,31 @@ def test_diverging_training_raises(digits_small):
     ctx = dataclasses.replace(CTX, training=TrainingConfig(epochs=1, lr=1e30, grad_clip=0.0))
     with pytest.raises(NonFiniteLossError, match="loss became"):
         MAP().fit(digits_small, ctx)
+
+
+def test_foreach_adamw_trains_bit_identically_to_the_per_parameter_loop(digits_small):
+    """make_optimizer's foreach AdamW runs the same kernels with the same scalars as torch's
+    per-parameter loop: the same network, bit for bit, after a few epochs with weight decay
+    and clipping (what every AdamW method trains with)."""
+    import dataclasses
+
+    from bayesbench.methods import base
+
+    ctx = dataclasses.replace(CTX, training=TrainingConfig(epochs=2, weight_decay=0.01))
+    stock = base.make_optimizer
+    nets = []
+    for foreach in (True, False):
+        def make(model, training, foreach=foreach):
+            return torch.optim.AdamW(model.parameters(), lr=training.lr,
+                                     weight_decay=training.weight_decay, foreach=foreach)
+        base.make_optimizer = make
+        try:
+            m = MAP()
+            m.fit(digits_small, ctx)
+        finally:
+            base.make_optimizer = stock
+        nets.append(m)
+    assert stock(nets[0].model, ctx.training).defaults["foreach"] is True
+    for a, b in zip(nets[0].model.parameters(), nets[1].model.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(nets[0].predict(digits_small.test.x), nets[1].predict(digits_small.test.x))

@@ -287,3 +287,29 @@ def test_dropout_is_off_unless_asked_for(tiny_digits):
     ctx = FitContext(model=ModelConfig(d_model=32, heads=2, dropout=0.3, attention_dropout=0.2))
     assert rates(MFVI().build(tiny_digits, ctx)) == {0.0}
     assert rates(MFVI(dropout=True).build(tiny_digits, ctx)) == {0.3, 0.2}
+
+
+def test_cached_weight_samples_are_the_draws_of_a_fresh_generator(tiny_digits):
+    """predict reuses S weight draws across calls (evaluation splits); they are exactly the
+    draws of freeze_sample with a generator seeded from the fit's seed, sample-major."""
+    m = MFVI(samples=3, init_sigma=0.05)
+    m.fit(tiny_digits, CTX)
+    first = m.predict(tiny_digits.test.x)
+    layers = m.bayesian_layers()
+    gen = torch.Generator().manual_seed(CTX.seed)
+    reference = []
+    m.model.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            for layer in layers:
+                layer.freeze_sample(gen)
+            reference.append(m.model(tiny_digits.test.x).softmax(-1))
+    for layer in layers:
+        layer.unfreeze()
+    assert torch.equal(first, torch.stack(reference))
+    assert torch.equal(m.predict(tiny_digits.test.x[:40]), first[:, :40])
+    assert m.predict(tiny_digits.test.x).shape[0] == 3
+    m.samples = 2  # another S: drawn again, the first two draws of the same stream
+    assert torch.equal(m.predict(tiny_digits.test.x), first[:2])
+    m.fit(tiny_digits, dataclasses.replace(CTX, seed=CTX.seed + 1))  # a new fit: new draws
+    assert not torch.equal(m.predict(tiny_digits.test.x), first[:2])

@@ -80,3 +80,40 @@ def test_enable_dropout_samples_differ_and_eval_is_deterministic():
     enable_dropout(model)
     assert not torch.allclose(model(x), model(x))
     assert not any(m.training for m in model.modules() if not isinstance(m, nn.Dropout))
+
+
+def _padded_token_task() -> Task:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(1, 7, (30, 9), generator=g)
+    lengths = torch.randint(2, 10, (30,), generator=g)
+    x[torch.arange(9)[None, :] >= lengths[:, None]] = 0
+    split = Split(x, torch.arange(30) % 3)
+    return Task("toy", "tokens", 3, split, split, split, vocab_size=7, padding_id=0)
+
+
+def test_reusing_the_input_prefix_gives_the_same_samples_bit_for_bit():
+    """S sampled passes over one batch with the deterministic start computed once: the same
+    numbers and the same random numbers drawn as S full passes (dropout on, Dirichlet rows),
+    padded or not; a new input is computed afresh, and outside the context nothing is kept."""
+    from bayesbench.methods.dirichlet_attention import DirichletRows
+
+    for task in (toy_task("vectors"), toy_task("tokens"), _padded_token_task()):
+        for rows in (None, lambda layer, heads: DirichletRows(heads, 8)):
+            torch.manual_seed(0)
+            model = build_model(task, ModelConfig(d_model=16, heads=2), rows_factory=rows)
+            enable_dropout(model)
+            x, other = task.test.x, task.test.x[:7].clone()
+
+            def passes(m: nn.Module, x: torch.Tensor = x, other: torch.Tensor = other
+                       ) -> list[torch.Tensor]:
+                torch.manual_seed(3)
+                return [m(x) for _ in range(3)] + [m(other), m(x)] + [torch.rand(2)]
+
+            with torch.no_grad():
+                plain = passes(model)
+                with model.reusing_input_prefix():
+                    reused = passes(model)
+                    assert model._prefix_cache["x"] is x
+                assert model._prefix_cache is None
+            assert all(torch.equal(a, b) for a, b in zip(plain, reused))
+            assert not torch.equal(plain[0], plain[1])  # the passes are random

@@ -9,6 +9,7 @@ the same optimizer, batch size and number of epochs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -69,8 +70,14 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
 
 
 def make_optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW with the configured learning rate and (decoupled) weight decay."""
-    return torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    """AdamW with the configured learning rate and (decoupled) weight decay.
+
+    ``foreach=True``: on CUDA it is torch's default anyway; on CPU the ``_foreach_*`` ops loop
+    in C++ over the same per-tensor kernels with the same scalars as the per-parameter Python
+    loop (so the same numbers, bit for bit), with less Python: 0.9 -> 0.64 ms a step here.
+    """
+    return torch.optim.AdamW(model.parameters(), lr=training.lr,
+                             weight_decay=training.weight_decay, foreach=True)
 
 
 def train_classifier(
@@ -105,9 +112,10 @@ def train_classifier(
         for idx in torch.randperm(n, generator=gen).split(bs):
             idx = idx.to(ctx.device)
             loss = loss_fn(model, x[idx], y[idx])
-            if not torch.isfinite(loss):
+            value = loss.item()  # one read (one device sync) per step, for the check and the mean
+            if not math.isfinite(value):
                 raise NonFiniteLossError(
-                    f"{phase}: loss became {loss.item()} in epoch {epoch}; lower the learning "
+                    f"{phase}: loss became {value} in epoch {epoch}; lower the learning "
                     "rate or check the method's parameters"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -118,7 +126,7 @@ def train_classifier(
             step += 1
             if on_step_end is not None:
                 on_step_end(step)
-            total += loss.item() * len(idx)
+            total += value * len(idx)
             count += len(idx)
         history.append(total / count)
         if on_epoch_end is not None:
@@ -139,6 +147,13 @@ def predict_batched(
     """Apply ``sample_fn(x_batch) -> [S, B, C]`` over batches; returns ``[S, N, C]`` on CPU."""
     parts = [sample_fn(xb.to(device)).float().cpu() for xb in x.split(batch_size)]
     return torch.cat(parts, dim=1)
+
+
+def reusing_input_prefix(model: nn.Module) -> contextlib.AbstractContextManager:
+    """``model.reusing_input_prefix()`` where the model has it (the built-in encoder: S sampled
+    passes over a batch compute its deterministic start once, bit-identical), else nothing."""
+    reuse = getattr(model, "reusing_input_prefix", None)
+    return reuse() if callable(reuse) else contextlib.nullcontext()
 
 
 def inverse_softplus(y: float) -> float:

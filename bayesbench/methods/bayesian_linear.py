@@ -202,14 +202,22 @@ class BayesianLinear(nn.Module):
         return self.prior.kl_softplus(self.means(), self.rhos(), num_samples)
 
     @torch.no_grad()
-    def freeze_sample(self, generator: torch.Generator | None = None) -> None:
-        """Draw ``W = mu + sigma * eps`` (and b) once and use it until :meth:`unfreeze`."""
+    def draw_sample(self, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw ``(W, b) = (mu + sigma * eps_W, mu_b + sigma_b * eps_b)`` (W's noise first)."""
         def draw(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             return mu + sigma * eps
 
-        self._frozen = (draw(self.weight_mu, self.weight_sigma),
-                        draw(self.bias_mu, self.bias_sigma))
+        return (draw(self.weight_mu, self.weight_sigma), draw(self.bias_mu, self.bias_sigma))
+
+    def freeze(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Use this ``(W, b)`` (e.g. from :meth:`draw_sample`) until :meth:`unfreeze`."""
+        self._frozen = (weight, bias)
+
+    def freeze_sample(self, generator: torch.Generator | None = None) -> None:
+        """Draw ``W = mu + sigma * eps`` (and b) once and use it until :meth:`unfreeze`."""
+        self.freeze(*self.draw_sample(generator))
 
     def unfreeze(self) -> None:
         self._frozen = None

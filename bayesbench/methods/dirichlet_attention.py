@@ -77,6 +77,7 @@ from bayesbench.methods.base import (
     count_parameters,
     inverse_softplus,
     predict_batched,
+    reusing_input_prefix,
     train_classifier,
 )
 from bayesbench.models import SoftmaxRows, TransformerClassifier
@@ -282,7 +283,9 @@ def standard_gamma_grad(alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def marsaglia_tsang(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def marsaglia_tsang(
+    alpha: torch.Tensor, need_z: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """``(log Z, Z, E)``: ``Z ~ Gamma(alpha + 1, 1)`` and an independent ``E ~ Exp(1)``,
     elementwise, for ``alpha > 0`` (no gradient).
 
@@ -293,6 +296,8 @@ def marsaglia_tsang(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     independent of Z: the boost variable of :func:`sample_dirichlet` comes free. At least 95%
     of proposals are accepted for a >= 1; the rejected ones are redrawn by
     ``torch._standard_gamma`` (an exact Gamma sampler) with a fresh ``E``.
+    ``need_z=False`` returns None for Z (sampling without gradients reads log Z and E only);
+    log Z and E, and the random numbers drawn, are the same either way.
     """
     d = alpha + 2.0 / 3.0
     x = torch.randn_like(d)
@@ -300,13 +305,14 @@ def marsaglia_tsang(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     v = torch.exp(log_v)
     e = (log_v - v).add_(1.0).mul_(d).addcmul_(x, x, value=0.5)  # b(x)
     e.sub_(torch.log1p(-torch.rand_like(d)))  # log U with U = 1 - rand in (0, 1]: finite
-    z = v.mul_(d).clamp_min_(torch.finfo(d.dtype).tiny)
+    z = v.mul_(d).clamp_min_(torch.finfo(d.dtype).tiny) if need_z else None
     log_z = log_v.add_(torch.log(d))
     rejected = (~(e > 0)).view(-1).nonzero().squeeze(-1)  # NaN compares False: rejected
     if rejected.numel():
         redrawn = torch._standard_gamma(alpha.reshape(-1)[rejected] + 1.0)
         redrawn.clamp_min_(torch.finfo(redrawn.dtype).tiny)
-        z.view(-1)[rejected] = redrawn
+        if z is not None:
+            z.view(-1)[rejected] = redrawn
         log_z.view(-1)[rejected] = redrawn.log()
         e.view(-1)[rejected] = torch.log1p(-torch.rand_like(redrawn)).neg_()
     return log_z, z, e
@@ -439,7 +445,7 @@ def sample_dirichlet(alpha: torch.Tensor, keep: torch.Tensor | None = None) -> t
     """
     if torch.is_grad_enabled() and alpha.requires_grad:
         return dirichlet_rows_and_kl(alpha, None, keep)[0]
-    log_z, _, e = marsaglia_tsang(alpha)
+    log_z, _, e = marsaglia_tsang(alpha, need_z=False)
     log_g = log_z - e / alpha
     if keep is not None:
         log_g = log_g.masked_fill(~keep, -math.inf)
@@ -651,7 +657,8 @@ class VariationalAttentionMethod(Method):
             r.use_mean = self.deterministic
         devices = [ctx.device] if ctx.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            # the rows are the first random step: what comes before them is shared by the S
+            with torch.random.fork_rng(devices=devices), reusing_input_prefix(model):
                 torch.manual_seed(ctx.seed)
                 return predict_batched(
                     lambda xb: torch.stack([model(xb).softmax(-1) for _ in range(s)]),

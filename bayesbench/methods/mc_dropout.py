@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from bayesbench.backbones import Backbone
-from bayesbench.methods.base import FitContext, predict_batched
+from bayesbench.methods.base import FitContext, predict_batched, reusing_input_prefix
 from bayesbench.methods.map import MAP
 from bayesbench.task import Task
 
@@ -52,12 +52,13 @@ class MCDropout(MAP):
         assert self.model is not None and self.ctx is not None, "call fit() first"
         s = self.samples or self.ctx.evaluation.mc_samples
         self.ctx.backbone.enable_dropout(self.model)
-        try:
-            return predict_batched(
-                lambda xb: torch.stack([self.model(xb).softmax(-1) for _ in range(s)]),
-                x,
-                self.ctx.evaluation.batch_size,
-                self.ctx.device,
-            )
+        try:  # the first dropout comes after the first attention rows: the start is shared
+            with reusing_input_prefix(self.model):
+                return predict_batched(
+                    lambda xb: torch.stack([self.model(xb).softmax(-1) for _ in range(s)]),
+                    x,
+                    self.ctx.evaluation.batch_size,
+                    self.ctx.device,
+                )
         finally:
             self.model.eval()

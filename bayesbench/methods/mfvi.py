@@ -125,6 +125,9 @@ class MFVI(Method):
         self.model: TransformerClassifier | None = None
         self.ctx: FitContext | None = None
         self.history: list[float] = []
+        # (S, seed, device) -> S draws of every layer's (W, b): see weight_samples
+        self._weight_samples: tuple[tuple, list[list[tuple[torch.Tensor, torch.Tensor]]]] | None \
+            = None
 
     def check_backbone(self, backbone: Backbone) -> str | None:
         needs = {"head"} if self.subset == "last_layer" else {"linear"}
@@ -177,6 +180,7 @@ class MFVI(Method):
     def fit(self, task: Task, ctx: FitContext) -> None:
         torch.manual_seed(ctx.seed)
         self.ctx = ctx
+        self._weight_samples = None  # drawn from the new posterior at the first predict
         self.model = self.build(task, ctx)
         variational = {id(p) for layer in self.bayesian_layers() for p in layer.parameters()}
         params = list(self.model.parameters())
@@ -184,7 +188,7 @@ class MFVI(Method):
             [{"params": [p for p in params if id(p) not in variational],
               "weight_decay": ctx.training.weight_decay},
              {"params": [p for p in params if id(p) in variational], "weight_decay": 0.0}],
-            lr=ctx.training.lr,
+            lr=ctx.training.lr, foreach=True,  # the same numbers (see make_optimizer), faster
         )
         n = len(task.train)
         self.history = train_classifier(
@@ -196,20 +200,31 @@ class MFVI(Method):
         assert self.model is not None and self.ctx is not None, "call fit() first"
         s = self.samples or self.ctx.evaluation.mc_samples
         layers = self.bayesian_layers()
-        device = self.ctx.device
-        gen = torch.Generator(device=device).manual_seed(self.ctx.seed)
         self.model.eval()
         out = []
         try:
-            for _ in range(s):  # one network per sample, shared by every batch of x
-                for layer in layers:
-                    layer.freeze_sample(gen)
+            for weights in self.weight_samples(s):  # one network per sample, for all of x
+                for layer, frozen in zip(layers, weights):
+                    layer.freeze(*frozen)
                 out.append(predict_batched(lambda xb: self.model(xb).softmax(-1)[None], x,
-                                           self.ctx.evaluation.batch_size, device))
+                                           self.ctx.evaluation.batch_size, self.ctx.device))
         finally:
             for layer in layers:
                 layer.unfreeze()
         return torch.cat(out, dim=0)
+
+    def weight_samples(self, s: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """S draws of every Bayesian layer's ``(W, b)``, from a generator seeded with the fit's
+        seed (sample-major, layers in model order), so every predict call uses the same S
+        networks. Drawn once per fit and reused by every evaluation split."""
+        assert self.ctx is not None, "call fit() first"
+        key = (s, self.ctx.seed, str(self.ctx.device))
+        if self._weight_samples is None or self._weight_samples[0] != key:
+            gen = torch.Generator(device=self.ctx.device).manual_seed(self.ctx.seed)
+            self._weight_samples = (key, [[layer.draw_sample(gen)
+                                           for layer in self.bayesian_layers()]
+                                          for _ in range(s)])
+        return self._weight_samples[1]
 
     def num_parameters(self) -> int:
         """Trainable parameters: (mu, rho) of every Bayesian weight and bias, plus the

@@ -32,8 +32,9 @@ rather than giving silently different numbers.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -157,12 +158,27 @@ class SelfAttention(nn.Module):
         self.rows = rows
         self.dropout = nn.Dropout(attention_dropout)
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(keys, values, scores)`` of x ``[B, T, d_model]``: ``[B, H, T, d_head]`` twice and
+        the scaled dot-product scores ``[B, H, T, T]`` (what comes before the rows)."""
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
+        return k, v, (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
+
     def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]``; padding: optional bool ``[B, T]``, True at padded keys
         (handed to the rows module as ``[B, 1, 1, T]``, the same keys for every query)."""
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)  # [B, H, T, T]
+        return self.attend(self.project(x), padding)
+
+    def attend(
+        self,
+        projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The rest of :meth:`forward` from :meth:`project`'s output: rows, dropout, values."""
+        k, v, scores = projected
+        b, _, t, _ = v.shape
+        d = self.heads * self.d_head
         if padding is None:
             rows = self.rows(scores, keys=k)
         elif getattr(self.rows, "supports_padding", False):
@@ -203,8 +219,22 @@ class EncoderBlock(nn.Module):
         self.mlp = FeedForward(cfg.d_model, int(cfg.d_model * cfg.mlp_ratio), linear, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm_attn(x), padding))
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention's :meth:`SelfAttention.project` of ``LN(x)``."""
+        return self.attention.project(self.norm_attn(x))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding: torch.Tensor | None = None,
+        projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``projected``: :meth:`project` of this x, computed before (it is then reused)."""
+        if projected is None:  # the module call, hooks included
+            attended = self.attention(self.norm_attn(x), padding)
+        else:
+            attended = self.attention.attend(projected, padding)
+        x = x + self.dropout(attended)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -236,6 +266,7 @@ class TransformerClassifier(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = head
         self.num_classes = num_classes
+        self._prefix_cache: dict | None = None  # see reusing_input_prefix
 
     def padding_mask(self, x: torch.Tensor) -> torch.Tensor | None:
         """Bool ``[B, 1 + T]`` (CLS first, never padded), True at padding tokens; None when the
@@ -245,12 +276,41 @@ class TransformerClassifier(nn.Module):
         padded = x == self.padding_id
         return torch.cat([padded.new_zeros(padded.shape[0], 1), padded], dim=1)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        padding = self.padding_mask(x)
+    @contextlib.contextmanager
+    def reusing_input_prefix(self) -> Iterator[None]:
+        """While active, calls on the same input tensor (e.g. the S sampled passes over one
+        batch) compute its deterministic prefix once and reuse it: the embedding with CLS, and
+        the first block's LayerNorm, qkv projection and attention scores. The same operations
+        on the same values, so the same numbers, bit for bit, and the same random numbers
+        drawn. Only for passes whose randomness starts after those scores (random attention
+        rows, dropout kept on at test time), never for random embeddings or qkv weights."""
+        self._prefix_cache = {}
+        try:
+            yield
+        finally:
+            self._prefix_cache = None
+
+    def _embedded(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """(tokens with CLS, the first block's projection when reusing, else None)."""
+        cache = getattr(self, "_prefix_cache", None)
+        if cache is not None and cache.get("x") is x and cache["version"] == x._version:
+            return cache["h"], cache["projected"]
         h = self.embedding(x)
         h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
-        for block in self.blocks:
-            h = block(h) if padding is None else block(h, padding)
+        if cache is None:
+            return h, None
+        projected = self.blocks[0].project(h)
+        cache.update(x=x, version=x._version, h=h, projected=projected)
+        return h, projected
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        padding = self.padding_mask(x)
+        h, projected = self._embedded(x)
+        for i, block in enumerate(self.blocks):
+            if i == 0 and projected is not None:
+                h = block(h, padding, projected)
+            else:
+                h = block(h) if padding is None else block(h, padding)
         h = self.norm(h)
         if self.config.pool == "cls":
             return h[:, 0]
