@@ -393,7 +393,7 @@ def test_dask_capacity_counts_worker_processes_and_gpu_shares():
                   runs_per_gpu=2)
     cuda = DaskExecutor(_StubClient(workers), device="cuda", **common)
     assert cuda.slots == 3  # one run per process that has a GPU share; none on "d"
-    assert cuda.free == 6  # and one queued beside each, handed over as soon as a run ends
+    assert cuda.free == 3
     cpu = DaskExecutor(_StubClient(workers), device="cpu", **common)
     assert cpu.slots == 4  # one run per worker process, whatever its threads
     empty = DaskExecutor(_StubClient({}), device="cpu", expected_slots=6, **common)

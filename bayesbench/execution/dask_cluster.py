@@ -199,10 +199,6 @@ def connect(address: str, timeout: float) -> Any:
                             "write it like tcp://10.0.0.5:8786") from None
 
 
-QUEUED_PER_SLOT = 1
-"""Runs submitted ahead per worker slot (claimed in the store like the others)."""
-
-
 class DaskExecutor(Executor):
     """Submits each run as a task through ``client``; ``cluster`` (when bayesbench started it)
     is closed with the executor."""
@@ -326,11 +322,7 @@ class DaskExecutor(Executor):
 
     @property
     def free(self) -> int:
-        """Slots for more runs: one queued beside each one training (the scheduler hands a
-        queued task to a worker the moment its run ends, without waiting for this driver to
-        see the result and submit the next: with runs of a second or two that round trip
-        left workers idle a tenth of the time)."""
-        return max(0, (1 + QUEUED_PER_SLOT) * self.slots - len(self._futures))
+        return max(0, self.slots - len(self._futures))
 
     @property
     def slots(self) -> int:
