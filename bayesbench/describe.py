@@ -285,10 +285,10 @@ def catalog_fingerprint() -> str:
     installed, upgraded or removed). Cheap: no package is imported."""
     from importlib.metadata import entry_points
 
+    from bayesbench.run_plan import package_source_digest
+
     digest = hashlib.sha256(sys.version.encode())
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    digest.update(package_source_digest().encode())
     for group in ("bayesbench.methods", "bayesbench.datasets", "bayesbench.backbones"):
         for ep in sorted(entry_points(group=group), key=lambda e: e.name):
             digest.update(f"{group}:{ep.name}={ep.value}\0".encode())

@@ -129,10 +129,10 @@ def select_store_runs(store: ResultStore, quick: bool | None = None) -> RunSelec
     tidy, quick = select_runs(metrics_frame_of(results), quick)
     chosen, other_spec = _common_metric_spec(results, set(tidy["key"]))
     if other_spec:  # select again among the runs computed under the chosen specification
+        other = [r for r in results if r.status == "complete" and _spec_id(r) != chosen]
         results = [r for r in results if r.status != "complete" or _spec_id(r) == chosen]
         tidy, quick = select_runs(metrics_frame_of(results), quick)
-        other_spec = sum(1 for r in store.results(status="complete")
-                         if r.quick == quick and _spec_id(r) != chosen)
+        other_spec = sum(1 for r in other if r.quick == quick)
     all_runs = store.runs_frame()
     kind = all_runs[all_runs["quick"].astype(bool) == quick]
     keys = set(tidy["key"])
