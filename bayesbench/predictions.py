@@ -115,6 +115,22 @@ def decode(blob: bytes) -> dict[str, SplitPredictions]:
     return out
 
 
+def decode_split(blob: bytes, split: str) -> SplitPredictions | None:
+    """One split of :func:`decode` (None when the run kept none for it); decompresses only
+    that split's arrays."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        index = json.loads(data["index"].tobytes().decode())
+        if index.get("format") != PREDICTIONS_FORMAT:
+            raise ValueError(f"stored predictions have format {index.get('format')}, this "
+                             f"bayesbench reads format {PREDICTIONS_FORMAT}")
+        for i, entry in enumerate(index["splits"]):
+            if entry["split"] == split:
+                fields = {name: _widen(data[f"{i}.{name}"]) if f"{i}.{name}" in data.files
+                          else None for name in _FIELDS}
+                return SplitPredictions(samples=int(entry["samples"]), **fields)
+    return None
+
+
 def rescore(predictions: dict[str, SplitPredictions], n_bins: int) -> list[MetricValue]:
     """Every metric of the test, shifted and OOD splits from stored predictions, with
     ``n_bins`` calibration bins (the metrics ``evaluate_method`` stores, cost and fit aside)."""

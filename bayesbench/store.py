@@ -349,6 +349,17 @@ class ResultStore:
             row = conn.execute("SELECT data FROM predictions WHERE key = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def predictions_of(self, keys: list[str]) -> dict[str, bytes]:
+        """Run key -> stored predictions blob, for those of ``keys`` that kept any."""
+        out: dict[str, bytes] = {}
+        with self._connect() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                out.update((k, bytes(d)) for k, d in conn.execute(
+                    f"SELECT key, data FROM predictions WHERE key IN ({marks})", chunk))
+        return out
+
     def predictions_sizes(self) -> dict[str, int]:
         """Run key -> bytes of its stored predictions."""
         with self._connect() as conn:

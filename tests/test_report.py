@@ -162,7 +162,7 @@ def test_failed_runs_are_listed_with_their_error(store, tmp_path):
 def test_reliability_pngs_are_valid(store, tmp_path):
     paths = write_report(store, tmp_path / "out")
     names = sorted(p.name for p in paths)
-    assert names == ["cd_diagram.png", "comparisons.csv", "cost_quality.png",
+    assert names == ["cd_diagram.png", "comparisons.csv", "cost_quality.png", "example_tests.csv",
                      "leaderboard.md", "reliability_tiny.png", "reliability_toy.png",
                      "report.html", "results.csv", "summary.csv"]
     for ds in ("toy", "tiny"):

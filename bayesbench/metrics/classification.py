@@ -59,9 +59,15 @@ def accuracy(probs: Any, labels: Any) -> float:
     >>> accuracy([[0.9, 0.1], [0.4, 0.6]], [0, 0])
     0.5
     """
+    return float(np.mean(per_example_correct(probs, labels)))
+
+
+def per_example_correct(probs: Any, labels: Any) -> np.ndarray:
+    """``[N]`` bools: argmax class (ties to the lowest index) equals the label; its mean is
+    :func:`accuracy`."""
     p = as_probs(probs)
     y = as_labels(labels, len(p))
-    return float(np.mean(p.argmax(axis=1) == y))
+    return p.argmax(axis=1) == y
 
 
 def negative_log_likelihood(probs: Any, labels: Any) -> float:
@@ -76,10 +82,16 @@ def negative_log_likelihood(probs: Any, labels: Any) -> float:
     >>> round(negative_log_likelihood([[0.5, 0.5], [0.25, 0.75]], [0, 1]), 6)
     0.490415
     """
+    return float(np.mean(per_example_nll(probs, labels)))
+
+
+def per_example_nll(probs: Any, labels: Any) -> np.ndarray:
+    """``[N]``: each example's ``-log max(p_{n, y_n}, EPS)``; its mean is
+    :func:`negative_log_likelihood` (per-example paired tests use the terms)."""
     p = as_probs(probs)
     y = as_labels(labels, len(p))
     p_true = p[np.arange(len(p)), y]
-    return float(-np.mean(np.log(np.clip(p_true, EPS, 1.0))))
+    return -np.log(np.clip(p_true, EPS, 1.0))
 
 
 def brier_score(probs: Any, labels: Any) -> float:
@@ -90,11 +102,17 @@ def brier_score(probs: Any, labels: Any) -> float:
     >>> brier_score([[1.0, 0.0], [0.5, 0.5]], [0, 0])
     0.25
     """
+    return float(np.mean(per_example_brier(probs, labels)))
+
+
+def per_example_brier(probs: Any, labels: Any) -> np.ndarray:
+    """``[N]``: each example's ``sum_c (p_nc - 1[y_n = c])^2``; its mean is
+    :func:`brier_score`."""
     p = as_probs(probs)
     y = as_labels(labels, len(p))
     onehot = np.zeros_like(p)
     onehot[np.arange(len(p)), y] = 1.0
-    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+    return np.sum((p - onehot) ** 2, axis=1)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:

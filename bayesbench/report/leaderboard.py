@@ -29,6 +29,8 @@ from bayesbench.report.aggregate import (
     aggregate,
     extract_unique,
 )
+from bayesbench.report.example_tests import COLUMNS as EXAMPLE_COLUMNS
+from bayesbench.report.example_tests import example_tests, example_tests_markdown
 from bayesbench.report.figures import cd_diagram_png, cost_quality_png, reliability_figure
 from bayesbench.report.files import (  # noqa: F401  (re-exported: the names callers import)
     MAX_NAME_PART,
@@ -439,10 +441,12 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
                  rendered: list[str] | None = None,
                  config: str | os.PathLike[str] | None = None) -> list[Path]:
     """Write leaderboard.md (summary across datasets first), results.csv, summary.csv,
-    comparisons.csv, cd_diagram.png, cost_quality.png, reliability_<dataset>.png, for swept
-    method groups sweep_<dataset>_<group>.png (:mod:`bayesbench.report.sweeps`), and, with
-    ``html``, a self-contained report.html. When ``notes`` is a list, a note is appended to it
-    if the folder held a leaderboard of other runs (:func:`replacement_note`).
+    comparisons.csv, example_tests.csv (per-example tests against map from the stored
+    predictions: :mod:`bayesbench.report.example_tests`), cd_diagram.png, cost_quality.png,
+    reliability_<dataset>.png, for swept method groups sweep_<dataset>_<group>.png
+    (:mod:`bayesbench.report.sweeps`), and, with ``html``, a self-contained report.html.
+    When ``notes`` is a list, a note is appended to it if the folder held a leaderboard of
+    other runs (:func:`replacement_note`).
 
     With ``config`` (a benchmarks.yaml), the header says how many runs of the grid it
     configures for this kind the report holds ("15 of 228 runs": :mod:`bayesbench.report.
@@ -489,9 +493,13 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
                           ignore_index=True)
     tied = not_worse_than_best(agg_shown, values, MAIN_COLUMNS, exclude=set(degenerate))
     comparisons = summary.comparisons
+    per_example = example_tests(sel.runs, store.predictions_of(list(sel.runs["key"])),
+                                summary.reference) if summary.reference else \
+        pd.DataFrame(columns=EXAMPLE_COLUMNS)
     written = [_write_csv(out_dir, "results.csv", results_frame(tidy, sel.runs)),
                _write_csv(out_dir, "summary.csv", tidy_summary(agg, complete)),
-               _write_csv(out_dir, "comparisons.csv", comparisons)]
+               _write_csv(out_dir, "comparisons.csv", comparisons),
+               _write_csv(out_dir, "example_tests.csv", per_example)]
     jobs = [FigureJob("cd_diagram.png", cd_diagram_png, (summary.rankings,))]
     if summary.reference is not None:
         ratio = agg_shown[agg_shown["metric"] == TRAIN_RATIO][["dataset", "label", "mean"]]
@@ -516,6 +524,7 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
     md += ["![Critical-difference diagrams](cd_diagram.png)", ""]
     if any(job.name == "cost_quality.png" for job in jobs):
         md += ["![Cost against quality](cost_quality.png)", ""]
+    md += example_tests_markdown(per_example, summary.reference or "map", set(degenerate))
     md += ["## Per dataset", "",
            "Cells are mean ± std over seeds (sample std, ddof = 1); n is the number of seeds. "
            "**Bold**: the best mean in its column; *italics*: not significantly worse than "

@@ -1,0 +1,205 @@
+"""Per-example paired tests against map, from the predictions stored with each run.
+
+The summary's test against map pairs seeds: with 3 seeds it detects only differences of
+several seed standard deviations. The predictions each run keeps (:mod:`bayesbench.
+predictions`) allow a second, far more powerful question: on the examples of the test
+split, is the method's loss lower than map's by more than the noise of the test set? Both
+runs of a pair share the seed, so they share the data split and score the same examples.
+
+Per (label, dataset) over the base seeds both have test predictions for (a seed whose two
+label vectors differ is left out: those runs did not score the same examples):
+
+* **NLL and Brier**: the per-example differences ``d = loss(label) − loss(map)``; the mean
+  difference is the mean over seeds of each seed's mean (for one seed it is the difference
+  of the stored metrics); its standard error combines the seeds' per-example variances,
+  ``SE² = Σ_s var_s / n_s / S²``, and the t statistic ``mean / SE`` has Welch–Satterthwaite
+  degrees of freedom. With one seed this is :func:`scipy.stats.ttest_rel` on the examples.
+* **accuracy**: McNemar's exact test on the discordant examples pooled over the seeds
+  (``b``: the method right and map wrong, ``c``: the reverse; two-sided binomial test of
+  ``b`` out of ``b + c`` at 1/2); the difference is ``(b − c) / N``.
+
+Holm's correction is applied within each (dataset, metric) over the labels tested against
+map. What this test does **not** cover: a method's training randomness. It conditions on the
+trained models, so a significant result says the two trained models differ on this test
+set, not that retraining with another seed would give the same order; the seed test of the
+summary answers that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bayesbench.metrics.classification import (
+    per_example_brier,
+    per_example_correct,
+    per_example_nll,
+)
+from bayesbench.predictions import SplitPredictions, decode_split
+from bayesbench.report.files import markdown_table
+from bayesbench.report.stats import ALPHA, holm_by
+from bayesbench.results import TEST_SPLIT
+
+EXAMPLE_METRICS: list[tuple[str, str]] = [("nll", "NLL"), ("brier", "Brier"),
+                                          ("accuracy", "accuracy")]
+HIGHER_IS_BETTER = {"nll": False, "brier": False, "accuracy": True}
+COLUMNS = ["label", "dataset", "split", "metric", "seeds", "n", "diff", "p", "p_holm",
+           "outcome"]
+
+
+def stratified_paired_t(differences: Iterable[np.ndarray]) -> tuple[float, float]:
+    """(mean difference, two-sided p) of paired differences in strata (one array per seed):
+    the mean of the strata's means, its standard error from their variances, Welch–
+    Satterthwaite degrees of freedom. All differences zero → p = 1; zero variance with a
+    non-zero mean → p = 0; fewer than 2 examples in every stratum → p = NaN."""
+    strata = [np.asarray(d, dtype=float) for d in differences]
+    strata = [d for d in strata if len(d)]
+    if not strata:
+        return math.nan, math.nan
+    k = len(strata)
+    mean = float(np.mean([d.mean() for d in strata]))
+    usable = [d for d in strata if len(d) >= 2]
+    if not usable or len(usable) < k:
+        return mean, math.nan
+    a = np.array([d.var(ddof=1) / len(d) for d in strata])  # var of each stratum's mean
+    se2 = float(a.sum()) / k ** 2
+    scale = max(1.0, abs(mean))
+    if se2 <= (1e-12 * scale) ** 2:
+        return mean, 1.0 if abs(mean) <= 1e-12 * scale else 0.0
+    dof_den = float(np.sum(a ** 2 / np.array([len(d) - 1 for d in strata])))
+    dof = float(a.sum()) ** 2 / dof_den if dof_den > 0 else float(sum(len(d) - 1 for d in strata))
+    t = mean / math.sqrt(se2)
+    return mean, float(2.0 * stats.t.sf(abs(t), dof))
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float]:
+    """(accuracy of a − accuracy of b, two-sided exact McNemar p) of paired 0/1 outcomes."""
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    wins = int(np.sum(a & ~b))
+    losses = int(np.sum(~a & b))
+    diff = (wins - losses) / len(a) if len(a) else math.nan
+    if wins + losses == 0:
+        return diff, 1.0
+    return diff, float(stats.binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+def _losses(p: SplitPredictions) -> dict[str, np.ndarray]:
+    return {"nll": per_example_nll(p.probs, p.labels),
+            "brier": per_example_brier(p.probs, p.labels),
+            "accuracy": per_example_correct(p.probs, p.labels)}
+
+
+def example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
+                  reference: str = "map", split: str = TEST_SPLIT) -> pd.DataFrame:
+    """One row per (label, dataset, metric of :data:`EXAMPLE_METRICS`) tested against
+    ``reference`` (module docstring). ``runs``: the report's selected runs (key, label,
+    dataset, seed); ``blobs``: run key -> stored predictions. Empty when no pair has
+    predictions."""
+    rows = []
+    have = runs[runs["key"].isin(blobs)]
+    losses: dict[str, dict[str, np.ndarray] | None] = {}
+
+    def of(key: str):
+        if key not in losses:
+            p = decode_split(blobs[key], split)
+            losses[key] = None if p is None or p.labels is None else \
+                {**_losses(p), "labels": p.labels}
+        return losses[key]
+
+    for dataset, ds in have.groupby("dataset", sort=True):
+        ref_keys = dict(zip(ds.loc[ds["label"] == reference, "seed"],
+                            ds.loc[ds["label"] == reference, "key"]))
+        if not ref_keys:
+            continue
+        for label, lab in ds[ds["label"] != reference].groupby("label", sort=True):
+            pairs = []
+            for seed, key in sorted(zip(lab["seed"], lab["key"])):
+                if seed not in ref_keys:
+                    continue
+                mine, ref = of(key), of(ref_keys[seed])
+                if mine is None or ref is None or not np.array_equal(mine["labels"],
+                                                                     ref["labels"]):
+                    continue
+                pairs.append((mine, ref))
+            if not pairs:
+                continue
+            n = sum(len(m["labels"]) for m, _ in pairs)
+            for metric, _title in EXAMPLE_METRICS:
+                if metric == "accuracy":
+                    diff, p = mcnemar_exact(np.concatenate([m[metric] for m, _ in pairs]),
+                                            np.concatenate([r[metric] for _, r in pairs]))
+                else:
+                    diff, p = stratified_paired_t(m[metric] - r[metric] for m, r in pairs)
+                rows.append({"label": label, "dataset": dataset, "split": split,
+                             "metric": metric, "seeds": len(pairs), "n": n, "diff": diff,
+                             "p": p})
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm_by(out, ["dataset", "split", "metric"])
+    good = np.where(out["metric"].map(HIGHER_IS_BETTER), 1.0, -1.0) * out["diff"] > 0
+    significant = out["p_holm"] < ALPHA
+    out["outcome"] = np.where(out["p_holm"].isna(), "untested",
+                              np.where(~significant, "tie", np.where(good, "win", "loss")))
+    return out[COLUMNS]
+
+
+def _cell(row: pd.Series, degenerate: bool) -> str:
+    text = f"{row['diff']:+.3f}"
+    text = {"win": f"**{text}** ✓", "loss": f"{text} ✗"}.get(row["outcome"], text)
+    return text + " †" if degenerate else text
+
+
+def example_tests_markdown(tests: pd.DataFrame, reference: str = "map",
+                           degenerate: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """The report section: per metric a label × dataset table of differences to
+    ``reference`` with wins and losses marked; nothing when there are no tests.
+    ``degenerate``: (dataset, label) pairs not above chance, marked † (their wins are not
+    counted in the win/tie/loss column)."""
+    if tests.empty:
+        return []
+    flagged = set(degenerate)
+    datasets = sorted(tests["dataset"].unique())
+    out = ["## Per-example tests against map (test split)", "",
+           f"From the predictions stored with each run: per dataset, the method's test examples "
+           f"against `{reference}`'s on the same examples (same base seed = same split), over "
+           "the seeds both kept predictions for. Cells: the difference to "
+           f"`{reference}` (NLL and Brier: mean per-example difference, a stratified paired "
+           "t-test over the examples; accuracy: the difference, McNemar's exact test); "
+           f"Holm-corrected within each dataset and metric over the methods, α = {ALPHA}. "
+           "**bold ✓**: significantly better, ✗: significantly worse, plain: not "
+           "distinguishable from the test set's noise. These tests condition on the trained "
+           "models (they measure test-set noise, not seed-to-seed training noise: the summary's "
+           "seed test does); n examples per dataset: "
+           + ", ".join(f"{d} {int(tests.loc[tests['dataset'] == d, 'n'].max())} "
+                       f"({int(tests.loc[tests['dataset'] == d, 'seeds'].max())} seed"
+                       f"{'s' * (int(tests.loc[tests['dataset'] == d, 'seeds'].max()) != 1)})"
+                       for d in datasets) + ".", ""]
+    for metric, title in EXAMPLE_METRICS:
+        part = tests[tests["metric"] == metric]
+        if part.empty:
+            continue
+        cells = part.set_index(["label", "dataset"])
+        rows = []
+        for label in sorted(part["label"].unique()):
+            row = [label]
+            for d in datasets:
+                row.append(_cell(cells.loc[(label, d)], (d, label) in flagged)
+                           if (label, d) in cells.index else "–")
+            mine = part[part["label"] == label]
+            kept = [(d, label) not in flagged for d in mine["dataset"]]
+            counts = mine[kept]["outcome"].value_counts()
+            row.append(f"{counts.get('win', 0)}/{counts.get('tie', 0)}/{counts.get('loss', 0)}")
+            rows.append(row)
+        arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
+        out += [f"**{title} {arrow}, difference to `{reference}`**", "",
+                markdown_table(["method", *datasets, "win/tie/loss"], rows), ""]
+    if any(pair in flagged for pair in zip(tests["dataset"], tests["label"])):
+        out += ["† not above chance on that dataset (see the summary): not counted in "
+                "win/tie/loss.", ""]
+    return out

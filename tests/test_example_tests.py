@@ -1,0 +1,151 @@
+"""Per-example paired tests against map (bayesbench/report/example_tests.py): the statistics
+against scipy, hand-worked values and Monte Carlo, the per-example terms against the stored
+metrics, and the report section from a real store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from bayesbench.config import expand, parse_config
+from bayesbench.metrics.classification import (
+    accuracy,
+    brier_score,
+    negative_log_likelihood,
+    per_example_brier,
+    per_example_correct,
+    per_example_nll,
+)
+from bayesbench.predictions import decode, decode_split
+from bayesbench.report import write_report
+from bayesbench.report.example_tests import example_tests, mcnemar_exact, stratified_paired_t
+from bayesbench.runner import run_one
+from bayesbench.store import ResultStore
+
+TINY = {
+    "seeds": [0, 1],
+    "model": {"d_model": 16, "heads": 2, "depth": 1},
+    "training": {"epochs": 1},
+    "quick": {"epochs": 1, "max_train": 96, "max_eval": 60, "mc_samples": 3, "seeds": 2},
+    "datasets": ["digits"],
+    "methods": ["map", "mc_dropout", "temperature_scaling"],
+}
+
+
+def test_one_stratum_is_scipys_paired_t_test():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=50), rng.normal(0.3, size=50)
+    mean, p = stratified_paired_t([a - b])
+    assert mean == pytest.approx(np.mean(a - b))
+    assert p == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-10)
+
+
+def test_strata_hand_worked():
+    # two strata: means 1 and 3 (mean of means 2); variances 1 and 4 over n = 4 and 5
+    d1 = np.array([0.0, 1.0, 1.0, 2.0])          # mean 1, var (ddof 1) 2/3
+    d2 = np.array([1.0, 2.0, 3.0, 4.0, 5.0])     # mean 3, var 2.5
+    a = np.array([(2 / 3) / 4, 2.5 / 5])
+    se = np.sqrt(a.sum() / 4)
+    dof = a.sum() ** 2 / (a[0] ** 2 / 3 + a[1] ** 2 / 4)
+    mean, p = stratified_paired_t([d1, d2])
+    assert mean == pytest.approx(2.0)
+    assert p == pytest.approx(2 * stats.t.sf(2.0 / se, dof), rel=1e-12)
+
+
+def test_strata_test_holds_its_level_under_the_null():
+    rng = np.random.default_rng(1)
+    rejections = 0
+    reps = 2000
+    for _ in range(reps):  # three seeds of different size and noise, no true difference
+        strata = [rng.standard_t(5, size=n) * s for n, s in ((40, 1.0), (60, 3.0), (30, 0.5))]
+        rejections += stratified_paired_t(strata)[1] < 0.05
+    assert 0.035 < rejections / reps < 0.065
+
+
+def test_degenerate_differences():
+    assert stratified_paired_t([np.zeros(5), np.zeros(3)]) == (0.0, 1.0)
+    assert stratified_paired_t([np.full(5, 0.2)]) == (pytest.approx(0.2), 0.0)
+    assert np.isnan(stratified_paired_t([np.array([1.0])])[1])
+
+
+def test_mcnemar_exact_hand_worked():
+    # 8 examples only the first model gets right, 2 only the second, 10 both: p = 2 P(X <= 2)
+    a = np.array([1] * 8 + [0] * 2 + [1] * 10, bool)
+    b = np.array([0] * 8 + [1] * 2 + [1] * 10, bool)
+    diff, p = mcnemar_exact(a, b)
+    assert diff == pytest.approx(6 / 20)
+    assert p == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert mcnemar_exact(a, a) == (0.0, 1.0)
+
+
+def test_per_example_terms_average_to_the_metrics_exactly():
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet(np.ones(4) * 0.3, size=200)
+    p[0] = [1.0, 0.0, 0.0, 0.0]  # a confident miss: clipped at EPS
+    y = rng.integers(0, 4, size=200)
+    y[0] = 2
+    assert float(np.mean(per_example_nll(p, y))) == negative_log_likelihood(p, y)
+    assert float(np.mean(per_example_brier(p, y))) == brier_score(p, y)
+    assert float(np.mean(per_example_correct(p, y))) == accuracy(p, y)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    specs = expand(parse_config(TINY), quick=True)
+    out = [run_one(spec, torch.device("cpu")) for spec in specs]
+    assert all(r.status == "complete" for r in out), [r.error for r in out]
+    return out
+
+
+def test_the_tests_pair_the_stored_predictions(runs):
+    frame = pd.DataFrame([{"key": r.key, "label": r.label, "dataset": r.dataset,
+                           "seed": r.seed} for r in runs])
+    blobs = {r.key: r.predictions for r in runs}
+    tests = example_tests(frame, blobs)
+    assert set(tests["label"]) == {"mc_dropout", "temperature_scaling"}
+    assert (tests["seeds"] == 2).all() and (tests["n"] == 120).all()
+    assert decode_split(runs[0].predictions, "test").probs.tolist() == \
+        decode(runs[0].predictions)["test"].probs.tolist()
+    stored = {(r.label, r.seed): {m.metric: m.value for m in r.metrics if m.split == "test"}
+              for r in runs}
+    for _, row in tests[tests["metric"].isin(["nll", "brier"])].iterrows():
+        # the mean per-example difference is the mean over seeds of the metric differences
+        expected = np.mean([stored[(row["label"], s)][row["metric"]]
+                            - stored[("map", s)][row["metric"]] for s in (0, 1)])
+        assert row["diff"] == pytest.approx(expected, abs=1e-12)
+    assert tests["p_holm"].ge(tests["p"]).all()
+    assert set(tests["outcome"]) <= {"win", "tie", "loss"}
+    # a run without predictions is not tested; one without map's seed is not paired
+    partial = example_tests(frame, {k: v for k, v in blobs.items()
+                                    if not (frame.set_index("key").loc[k, "label"] == "map"
+                                            and frame.set_index("key").loc[k, "seed"] == 1)})
+    assert (partial["seeds"] == 1).all() and (partial["n"] == 60).all()
+    assert example_tests(frame, {}).empty
+
+
+def test_the_report_shows_and_writes_them(tmp_path, runs):
+    store = ResultStore(tmp_path / "s.sqlite")
+    for r in runs:
+        store.write(r)
+    assert set(store.predictions_of([r.key for r in runs] + ["nope"])) == {r.key for r in runs}
+    write_report(store, tmp_path / "rep", html=False)
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "## Per-example tests against map (test split)" in md
+    assert "McNemar" in md and "digits 120 (2 seeds)" in md
+    csv = pd.read_csv(tmp_path / "rep" / "example_tests.csv")
+    assert len(csv) == 2 * 3 and set(csv["metric"]) == {"nll", "brier", "accuracy"}
+
+
+def test_a_degenerate_model_is_marked_and_not_counted():
+    from bayesbench.report.example_tests import example_tests_markdown
+
+    tests = pd.DataFrame([{"label": "collapsed", "dataset": "d", "split": "test", "metric": m,
+                           "seeds": 1, "n": 100, "diff": -0.2, "p": 1e-4, "p_holm": 1e-4,
+                           "outcome": "win"} for m in ("nll", "brier", "accuracy")])
+    md = "\n".join(example_tests_markdown(tests, degenerate={("d", "collapsed")}))
+    assert "| collapsed | **-0.200** ✓ † | 0/0/0 |" in md and "† not above chance" in md
+    plain = "\n".join(example_tests_markdown(tests))
+    assert "| collapsed | **-0.200** ✓ | 1/0/0 |" in plain and "†" not in plain
