@@ -100,34 +100,35 @@ def encode(predictions: dict[str, SplitPredictions]) -> bytes:
     return buffer.getvalue()
 
 
+def _indexed_splits(data: Any) -> list[dict]:
+    """The split entries of an opened blob, after checking its format."""
+    index = json.loads(data["index"].tobytes().decode())
+    if index.get("format") != PREDICTIONS_FORMAT:
+        raise ValueError(f"stored predictions have format {index.get('format')}, this "
+                         f"bayesbench reads format {PREDICTIONS_FORMAT}")
+    return index["splits"]
+
+
+def _split_at(data: Any, i: int, entry: dict) -> SplitPredictions:
+    fields = {name: _widen(data[f"{i}.{name}"]) if f"{i}.{name}" in data.files else None
+              for name in _FIELDS}
+    return SplitPredictions(samples=int(entry["samples"]), **fields)
+
+
 def decode(blob: bytes) -> dict[str, SplitPredictions]:
     """The inverse of :func:`encode`."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        index = json.loads(data["index"].tobytes().decode())
-        if index.get("format") != PREDICTIONS_FORMAT:
-            raise ValueError(f"stored predictions have format {index.get('format')}, this "
-                             f"bayesbench reads format {PREDICTIONS_FORMAT}")
-        out = {}
-        for i, entry in enumerate(index["splits"]):
-            fields = {name: _widen(data[f"{i}.{name}"]) if f"{i}.{name}" in data.files
-                      else None for name in _FIELDS}
-            out[entry["split"]] = SplitPredictions(samples=int(entry["samples"]), **fields)
-    return out
+        return {entry["split"]: _split_at(data, i, entry)
+                for i, entry in enumerate(_indexed_splits(data))}
 
 
 def decode_split(blob: bytes, split: str) -> SplitPredictions | None:
     """One split of :func:`decode` (None when the run kept none for it); decompresses only
     that split's arrays."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        index = json.loads(data["index"].tobytes().decode())
-        if index.get("format") != PREDICTIONS_FORMAT:
-            raise ValueError(f"stored predictions have format {index.get('format')}, this "
-                             f"bayesbench reads format {PREDICTIONS_FORMAT}")
-        for i, entry in enumerate(index["splits"]):
+        for i, entry in enumerate(_indexed_splits(data)):
             if entry["split"] == split:
-                fields = {name: _widen(data[f"{i}.{name}"]) if f"{i}.{name}" in data.files
-                          else None for name in _FIELDS}
-                return SplitPredictions(samples=int(entry["samples"]), **fields)
+                return _split_at(data, i, entry)
     return None
 
 

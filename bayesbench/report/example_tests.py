@@ -60,18 +60,16 @@ def stratified_paired_t(differences: Iterable[np.ndarray]) -> tuple[float, float
     strata = [d for d in strata if len(d)]
     if not strata:
         return math.nan, math.nan
-    k = len(strata)
     mean = float(np.mean([d.mean() for d in strata]))
-    usable = [d for d in strata if len(d) >= 2]
-    if not usable or len(usable) < k:
+    if any(len(d) < 2 for d in strata):
         return mean, math.nan
-    a = np.array([d.var(ddof=1) / len(d) for d in strata])  # var of each stratum's mean
-    se2 = float(a.sum()) / k ** 2
+    n = np.array([len(d) for d in strata])
+    a = np.array([d.var(ddof=1) for d in strata]) / n  # the variance of each stratum's mean
+    se2 = float(a.sum()) / len(strata) ** 2
     scale = max(1.0, abs(mean))
-    if se2 <= (1e-12 * scale) ** 2:
+    if se2 <= (1e-12 * scale) ** 2:  # then some a > 0, so the dof below is finite
         return mean, 1.0 if abs(mean) <= 1e-12 * scale else 0.0
-    dof_den = float(np.sum(a ** 2 / np.array([len(d) - 1 for d in strata])))
-    dof = float(a.sum()) ** 2 / dof_den if dof_den > 0 else float(sum(len(d) - 1 for d in strata))
+    dof = float(a.sum()) ** 2 / float(np.sum(a ** 2 / (n - 1)))
     t = mean / math.sqrt(se2)
     return mean, float(2.0 * stats.t.sf(abs(t), dof))
 
@@ -95,12 +93,14 @@ def _losses(p: SplitPredictions) -> dict[str, np.ndarray]:
 
 
 def example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
-                  reference: str = "map", split: str = TEST_SPLIT) -> pd.DataFrame:
+                  reference: str | None = "map", split: str = TEST_SPLIT) -> pd.DataFrame:
     """One row per (label, dataset, metric of :data:`EXAMPLE_METRICS`) tested against
     ``reference`` (module docstring). ``runs``: the report's selected runs (key, label,
     dataset, seed); ``blobs``: run key -> stored predictions. Empty when no pair has
-    predictions."""
+    predictions or there is no reference."""
     rows = []
+    if reference is None:
+        return pd.DataFrame(columns=COLUMNS)
     have = runs[runs["key"].isin(blobs)]
     losses: dict[str, dict[str, np.ndarray] | None] = {}
 
@@ -164,7 +164,8 @@ def example_tests_markdown(tests: pd.DataFrame, reference: str = "map",
     if tests.empty:
         return []
     flagged = set(degenerate)
-    datasets = sorted(tests["dataset"].unique())
+    sizes = tests.groupby("dataset", sort=True)[["n", "seeds"]].max()
+    datasets = list(sizes.index)
     out = ["## Per-example tests against map (test split)", "",
            f"From the predictions stored with each run: per dataset, the method's test examples "
            f"against `{reference}`'s on the same examples (same base seed = same split), over "
@@ -176,10 +177,8 @@ def example_tests_markdown(tests: pd.DataFrame, reference: str = "map",
            "distinguishable from the test set's noise. These tests condition on the trained "
            "models (they measure test-set noise, not seed-to-seed training noise: the summary's "
            "seed test does); n examples per dataset: "
-           + ", ".join(f"{d} {int(tests.loc[tests['dataset'] == d, 'n'].max())} "
-                       f"({int(tests.loc[tests['dataset'] == d, 'seeds'].max())} seed"
-                       f"{'s' * (int(tests.loc[tests['dataset'] == d, 'seeds'].max()) != 1)})"
-                       for d in datasets) + ".", ""]
+           + ", ".join(f"{d} {int(n)} ({int(seeds)} seed{'s' * (seeds != 1)})"
+                       for d, n, seeds in sizes.itertuples()) + ".", ""]
     for metric, title in EXAMPLE_METRICS:
         part = tests[tests["metric"] == metric]
         if part.empty:

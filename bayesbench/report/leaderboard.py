@@ -29,7 +29,6 @@ from bayesbench.report.aggregate import (
     aggregate,
     extract_unique,
 )
-from bayesbench.report.example_tests import COLUMNS as EXAMPLE_COLUMNS
 from bayesbench.report.example_tests import example_tests, example_tests_markdown
 from bayesbench.report.figures import cd_diagram_png, cost_quality_png, reliability_figure
 from bayesbench.report.files import (  # noqa: F401  (re-exported: the names callers import)
@@ -493,9 +492,8 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
                           ignore_index=True)
     tied = not_worse_than_best(agg_shown, values, MAIN_COLUMNS, exclude=set(degenerate))
     comparisons = summary.comparisons
-    per_example = example_tests(sel.runs, store.predictions_of(list(sel.runs["key"])),
-                                summary.reference) if summary.reference else \
-        pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    blobs = store.predictions_of(list(sel.runs["key"])) if summary.reference else {}
+    per_example = example_tests(sel.runs, blobs, summary.reference)
     written = [_write_csv(out_dir, "results.csv", results_frame(tidy, sel.runs)),
                _write_csv(out_dir, "summary.csv", tidy_summary(agg, complete)),
                _write_csv(out_dir, "comparisons.csv", comparisons),
