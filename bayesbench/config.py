@@ -616,8 +616,9 @@ def parse_config(data: Any, path: str = "<config>") -> Config:
 
 def backbone_section(v: _Validator, raw: Any, where: str) -> dict[str, Any]:
     """A ``backbone`` section resolved to ``{"name", "params"}`` (params with the class's
-    defaults, checked against its signature; the class is instantiated once, so e.g. the hf
-    backbone's missing ``transformers`` is reported now, exit 2). None: the default."""
+    defaults, checked against its signature; ``"version"`` too when the class's is above 1;
+    the class is instantiated once, so e.g. the hf backbone's missing ``transformers`` is
+    reported now, exit 2). None: the default."""
     from bayesbench.backbones import Backbone
     from bayesbench.registry import BACKBONES
 
@@ -640,7 +641,8 @@ def backbone_section(v: _Validator, raw: Any, where: str) -> dict[str, Any]:
         v.fail(f"{where}.name", f"'{name}' is not a bayesbench.backbones.Backbone")
     params = check_parameters(cls, v.mapping(data.get("params"), f"{where}.params"), v,
                               f"{where}.params")
-    return {"name": name, "params": params}
+    version = int(getattr(cls, "version", 1))
+    return {"name": name, "params": params} | ({"version": version} if version > 1 else {})
 
 
 def executor_section(v: _Validator, raw: Any) -> ExecutorConfig:

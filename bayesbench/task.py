@@ -78,6 +78,11 @@ class Task:
     """For right-padded ``tokens`` inputs, the id of the padding token: the model masks those
     positions (no attention to them, left out of mean pooling and of attention-space KLs).
     None: every token is real."""
+    vocabulary: list[str | None] | None = None
+    """For ``tokens`` inputs that stand for words: ``vocabulary[i]`` is the word of id ``i``
+    (None for an id that stands for no word: padding, the unknown word), so that a backbone
+    with a tokenizer of its own (a pretrained Hugging Face model) reads the words, not the
+    ids. None: the ids are all there is (synthetic tokens)."""
 
     @property
     def num_tokens(self) -> int:

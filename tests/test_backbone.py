@@ -137,6 +137,20 @@ def test_another_backbone_enters_the_key_top_level_and_per_dataset(user_backbone
     assert by["markov"].key != next(s.key for s in plain if s.dataset_label == "markov")
 
 
+def test_a_backbone_version_above_1_enters_the_key(user_backbone, monkeypatch):
+    """Raising a backbone's version (its numbers changed) retrains its runs: the version is
+    in the resolved section and the key; at 1 it is left out (keys stay as they were)."""
+    import my_backbones
+
+    config = {**TINY, "datasets": ["markov"], "backbone": {"name": user_backbone}}
+    before = expand(parse_config(config), quick=True)
+    monkeypatch.setattr(my_backbones.PlainEncoder, "version", 2, raising=False)
+    after = expand(parse_config(config), quick=True)
+    assert before[0].backbone == {"name": user_backbone, "params": {"width": 16}}
+    assert after[0].backbone == {"name": user_backbone, "params": {"width": 16}, "version": 2}
+    assert all(a.key != b.key for a, b in zip(before, after))
+
+
 @pytest.mark.parametrize("section, expected", [
     ({"name": "hff"}, "Did you mean 'hf'"),
     ({"name": "transformer", "params": {"depth": 2}}, "TransformerBackbone takes no parameters"),

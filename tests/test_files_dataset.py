@@ -190,6 +190,9 @@ def test_text_vocabulary_from_training_split_only(tmp_path):
     assert task.test.x.tolist() == [[fever, 1, 0], [0, 0, 0]]  # 'zebra' only in test: unknown
     assert task.ood["zoo"].tolist() == [[1, 1, rash]]
     assert task.num_tokens == 3
+    # padding is masked by the model, and the words stay readable for a tokenizer
+    assert task.padding_id == 0
+    assert task.vocabulary == [None, None, "rash", "cough", "fever", "and"]
 
 
 def test_text_vocabulary_ignores_held_out_rows_of_an_automatic_split(tmp_path):

@@ -357,6 +357,57 @@ def test_a_subword_tokenizer_assembles_each_sequence(padded_task, tmp_path):
         assert (model(x) - plain_model(tmp_path)(**enc).logits).abs().max() <= 1e-6
 
 
+def test_a_pretrained_tokenizer_reads_the_words_of_real_text(tmp_path):
+    """Text files through a "pretrained" model with a subword tokenizer of its own: each test
+    row reaches the model as exactly what that tokenizer makes of its first max_length words
+    (a word unseen in training as [UNK], the task's padding as the attention mask), not as
+    placeholder ids."""
+    import pandas as pd
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from bayesbench.data.files import FileDataset
+
+    train = pd.DataFrame({"text": ["the cats sat on the mat", "markets fell sharply today",
+                                   "the cat sat", "markets rose today"] * 3,
+                          "label": ["pets", "money", "pets", "money"] * 3})
+    test = pd.DataFrame({"text": ["the zebra sat on the mat today", "markets fell",
+                                  "Cats, rose!"], "label": ["pets", "money", "pets"]})
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    task = FileDataset(train=str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"),
+                       text_column="text", max_length=5, val_fraction=0.25).build(0)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "##s", "sat", "on", "mat",
+             "market", "fell", "rose", "today", "sharp", "##ly"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]")
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model("bert", **CONFIGS["bert"], vocab_size=len(vocab),
+                                               num_labels=task.num_classes)
+    model_dir = tmp_path / "model"
+    transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(
+        model_dir)
+    tokenizer.save_pretrained(model_dir)
+    model = HFBackbone(str(model_dir)).build(task, CFG).eval()
+    enc = model.inputs(task.test.x)
+    # the raw test texts as the tokenizer sees them: lower-cased words, the first 5, 'zebra'
+    # (never in training) as the unknown token
+    expected = ["the [UNK] sat on the", "markets fell", "cats rose"]
+    for i, text in enumerate(expected):
+        ids = tokenizer(text)["input_ids"]
+        assert enc["input_ids"][i, : len(ids)].tolist() == ids
+        assert enc["attention_mask"][i].tolist() == [1] * len(ids) + [0] * (
+            enc["attention_mask"].shape[1] - len(ids))
+    assert tokenizer("markets")["input_ids"][1:-1] == [vocab["market"], vocab["##s"]]
+    with torch.no_grad():
+        assert (model(task.test.x) - plain_model(model_dir)(**enc).logits).abs().max() <= 1e-6
+
+
 def test_swag_on_a_head_only_model_is_over_the_trainable_parameters(task):
     backbone = HFBackbone("bert", pretrained=False, train="head", config=CONFIGS["bert"])
     ctx = FitContext(training=TrainingConfig(epochs=2, batch_size=32),

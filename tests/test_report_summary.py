@@ -285,6 +285,28 @@ def test_a_model_at_chance_is_never_best_nor_ranked(tmp_path):
     assert "best: `swag`" in ece and "mfvi" not in ece
 
 
+def test_a_dataset_where_most_methods_are_at_chance_is_left_out_not_the_methods(tmp_path):
+    """On d3 (a quick budget, say) three of four methods are at chance: d3 leaves the
+    rankings, every method stays ranked over d1 and d2, and the note says so."""
+    store = ResultStore(tmp_path / "s.sqlite")
+    for dataset in ("d1", "d2", "d3"):
+        for i, label in enumerate(("map", "swag", "mfvi", "sngp")):
+            acc = 0.2 if dataset == "d3" and label != "map" else 0.9 - 0.01 * i
+            for seed in range(3):
+                run = fake_result(label, dataset, seed, acc + 0.001 * seed, 0.05 + 0.01 * i)
+                run.spec = {**run.spec, "task": {"num_classes": 4}}
+                store.write(run)
+    at_chance = {("d3", label): 0.2 for label in ("swag", "mfvi", "sngp")}
+    summary = cross_dataset_summary(per_seed_values(select_store_runs(store).tidy),
+                                    degenerate=at_chance)
+    ece = next(r for r in summary.rankings if r.metric == "ece")
+    assert ece.datasets == ["d1", "d2"] and ece.left_out == ["d3"] and ece.unranked == []
+    assert ece.mean_ranks.to_dict() == {"map": 1.0, "swag": 2.0, "mfvi": 3.0, "sngp": 4.0}
+    write_report(store, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "- ECE: datasets d3 (ranked: 4 methods on 2 datasets)." in md
+
+
 def test_replacing_a_report_of_other_runs_says_so(tmp_path):
     store = ResultStore(tmp_path / "s.sqlite")
     for seed in range(2):

@@ -67,6 +67,9 @@ class Backbone(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]  # one line for `bayesbench list`
+    version: ClassVar[int] = 1
+    """Raise it whenever a code change alters the numbers of runs on this backbone; above 1
+    it enters the run key (as ``backbone.version``), so such runs are retrained."""
 
     @classmethod
     def examples(cls) -> dict[str, Backbone]:

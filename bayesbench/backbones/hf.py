@@ -11,7 +11,8 @@ the dropout of the pooler's output; DistilBERT: that of ``pre_classifier``), ``h
 layer, and ``head(features(x))`` is exactly the HF model's logits.
 
 Tokens. A task's token ids are rendered as words (:func:`task_words`: the task's own
-``vocabulary`` where it has one, else ``w<id>``) and mapped to the model's ids:
+``Task.vocabulary`` where it has one, as the real-text datasets do, else ``w<id>``; padding
+and the unknown word become the model's unknown token) and mapped to the model's ids:
 a pretrained model uses its own tokenizer (``AutoTokenizer.from_pretrained(model)``); a
 random-init model gets a word-level tokenizer trained with ``tokenizers`` on the training
 split (offline; ids unseen in training become ``[UNK]``). Each sequence becomes
@@ -219,13 +220,13 @@ class TokenEncoder(nn.Module):
         return {"input_ids": ids.to(x.device), "attention_mask": mask.to(x.device)}
 
 
-def task_words(task: Task) -> list[str]:
-    """The word each task token id stands for: ``task.vocabulary[id]`` where a task carries
-    one (a list, id -> word), else ``w<id>`` (today's tasks carry no text, so a pretrained
-    tokenizer sees these placeholder words, not the original text)."""
-    vocabulary = getattr(task, "vocabulary", None)
+def task_words(task: Task) -> list[str | None]:
+    """The word each task token id stands for: ``task.vocabulary[id]`` where the task carries
+    one (real text: ``bbc_news``, text files; None for padding and the unknown word), else
+    ``w<id>`` (synthetic tokens such as ``markov``'s, which are no words of any language)."""
+    vocabulary = task.vocabulary
     if vocabulary is not None and len(vocabulary) == (task.vocab_size or 0):
-        return [str(w) for w in vocabulary]
+        return [None if w is None else str(w) for w in vocabulary]
     return [f"w{i}" for i in range(task.vocab_size or 0)]
 
 
@@ -235,7 +236,7 @@ def train_word_tokenizer(task: Task) -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    words = task_words(task)
+    words = [w if w is not None else "[UNK]" for w in task_words(task)]
     texts = [" ".join(words[i] for i in seq if i != task.padding_id)
              for seq in task.train.x.tolist()]
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
@@ -312,6 +313,7 @@ class HFBackbone(Backbone):
 
     name = "hf"
     description = "a Hugging Face transformers encoder classifier (pip install 'bayesbench[hf]')"
+    version = 2  # 2: real-text tasks reach the tokenizers as their words (was w<id>)
 
     def __init__(self, model: str, pretrained: bool = True, train: str = "all",
                  config: dict | None = None) -> None:
@@ -440,11 +442,14 @@ class HFBackbone(Backbone):
 
     def _encoder(self, task: Task, tokenizer: Any, hf: nn.Module) -> TokenEncoder:
         words = task_words(task)
-        if self.pretrained:
-            pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+        unknown = [tokenizer.unk_token_id] if tokenizer.unk_token_id is not None else []
+        if self.pretrained:  # the model's own (subword) tokenizer reads each word
+            pieces = [unknown if w is None else tokenizer(w, add_special_tokens=False)["input_ids"]
+                      for w in words]
         else:
             vocab = tokenizer.get_vocab()
-            pieces = [[vocab.get(w, tokenizer.unk_token_id)] for w in words]
+            pieces = [unknown if w is None else [vocab.get(w, tokenizer.unk_token_id)]
+                      for w in words]
         cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None \
             else tokenizer.bos_token_id
         sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None \

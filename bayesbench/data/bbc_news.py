@@ -27,6 +27,7 @@ from bayesbench.data.files import (
     PAD_ID,
     UNKNOWN_ID,
     build_vocabulary,
+    id_to_word,
     tokenize,
 )
 from bayesbench.errors import DataError
@@ -444,4 +445,5 @@ class BBCNews(Dataset):
             vocab_size=FIRST_WORD_ID + len(vocab),
             class_names=self.classes,
             padding_id=PAD_ID,
+            vocabulary=id_to_word(vocab),
         )

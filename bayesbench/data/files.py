@@ -30,7 +30,7 @@ NPZ_SUFFIX = ".npz"
 SUPPORTED_SUFFIXES = (*TABLE_SUFFIXES, NPZ_SUFFIX)
 
 PAD_ID = 0
-"""Token id of padding (an ordinary token: the model has no padding mask)."""
+"""Token id of padding (``Task.padding_id``: masked out of attention and pooling)."""
 UNKNOWN_ID = 1
 """Token id of every word outside the training vocabulary."""
 FIRST_WORD_ID = 2
@@ -59,6 +59,19 @@ def build_vocabulary(texts: Sequence[str], min_count: int, max_vocab: int) -> di
     counts = Counter(word for text in texts for word in tokenize(text))
     kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     return {w: FIRST_WORD_ID + i for i, w in enumerate(kept[:max_vocab])}
+
+
+def id_to_word(vocab: dict[str, int]) -> list[str | None]:
+    """``Task.vocabulary`` of a word -> id map with ids from 2: the word of every id, None for
+    padding (0) and the unknown word (1).
+
+    >>> id_to_word({"the": 2, "cat": 3})
+    [None, None, 'the', 'cat']
+    """
+    words: list[str | None] = [None] * (FIRST_WORD_ID + len(vocab))
+    for word, i in vocab.items():
+        words[i] = word
+    return words
 
 
 def encode_texts(texts: Sequence[str], vocab: dict[str, int], max_length: int) -> np.ndarray:
@@ -153,8 +166,9 @@ class FileDataset(Dataset):
     - ``tokens`` when ``text_column`` is set: lower-cased, split on non-alphanumerics, words
       seen ``min_count`` times in the training split (at most ``max_vocab``, most frequent
       first) get ids 2.., others 1 (unknown); ``[N, max_length]`` int64, truncated, right-padded
-      with 0. The model has no padding mask: padding is an ordinary learnt token that attention
-      and pooling see. Missing text counts as empty.
+      with 0, the task's ``padding_id`` (no attention to padding, left out of pooling); the
+      task's ``vocabulary`` keeps the words, for backbones with their own tokenizer. Missing
+      text counts as empty.
 
     NPZ: arrays ``x`` and ``y`` (``y`` optional in OOD files); ``x`` float ``[N, F]`` ->
     ``features`` (standardised as above), float ``[N, T, F]`` -> ``vectors`` (used as
@@ -166,6 +180,7 @@ class FileDataset(Dataset):
     """
 
     name = "files"
+    version = 2  # 2: text pads with a masked padding id (was an ordinary token)
     description = (
         "your own data: CSV, Parquet or NPZ files (features, text or sequences), with shifted "
         "and OOD files; see docs/files-dataset.md"
@@ -277,7 +292,7 @@ class FileDataset(Dataset):
         """Splits, shifted sets and OOD sets for this seed (same seed, same tensors)."""
         data = self._load()
         train_idx, val_idx, test_idx = self._split_indices(data, seed)
-        encode, vocab_size = self._encoder(data, train_idx)
+        encode, vocab_size, words = self._encoder(data, train_idx)
 
         def labelled(source: _Source, index: np.ndarray | None = None) -> Split:
             y = self._class_indices(data, source)
@@ -305,6 +320,8 @@ class FileDataset(Dataset):
             ood={name: encode(src.x) for name, src in data.ood.items()},
             vocab_size=vocab_size,
             class_names=[str(c) for c in data.classes],
+            padding_id=PAD_ID if words is not None else None,
+            vocabulary=words,
         )
 
     @property
@@ -360,21 +377,23 @@ class FileDataset(Dataset):
             )
         return vocab
 
-    def _encoder(self, data: _Loaded, train_idx: np.ndarray) -> tuple[Any, int | None]:
+    def _encoder(self, data: _Loaded, train_idx: np.ndarray
+                 ) -> tuple[Any, int | None, list[str | None] | None]:
         """The map from raw inputs of any file to the model's tensor, fitted on the training
-        split (standardisation for features, the vocabulary for text), and the vocab_size."""
+        split (standardisation for features, the vocabulary for text), the vocab_size, and
+        for text the word of every id (``Task.vocabulary``)."""
         if data.input_kind == "features":
             train_x = data.train.x[train_idx]
             mean, std = train_x.mean(axis=0), train_x.std(axis=0)
             return (lambda x: torch.as_tensor(standardize(x, mean, std), dtype=torch.float32),
-                    None)
+                    None, None)
         if data.input_kind == "vectors":
-            return lambda x: torch.as_tensor(x, dtype=torch.float32), None
+            return lambda x: torch.as_tensor(x, dtype=torch.float32), None, None
         if isinstance(data.train.x, list):  # text
             vocab = self._vocabulary(data, train_idx)
             return (lambda x: torch.as_tensor(encode_texts(x, vocab, self.max_length)),
-                    FIRST_WORD_ID + len(vocab))
-        return lambda x: torch.as_tensor(x, dtype=torch.long), data.vocab_size
+                    FIRST_WORD_ID + len(vocab), id_to_word(vocab))
+        return lambda x: torch.as_tensor(x, dtype=torch.long), data.vocab_size, None
 
     @staticmethod
     def _class_indices(data: _Loaded, source: _Source) -> np.ndarray:

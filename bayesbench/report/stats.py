@@ -91,6 +91,27 @@ def rank_matrix(values: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     return pd.DataFrame(ranks, index=values.index, columns=values.columns)
 
 
+def complete_block(values: pd.DataFrame) -> pd.DataFrame:
+    """The largest complete block of ``values`` (datasets × methods, NaN where a method has no
+    value on a dataset) that Friedman's test and mean ranks can use, found greedily: while a
+    cell is missing, drop the dataset or the method whose removal loses the fewest present
+    values (a method on a tie: datasets are the test's blocks). One method missing on one
+    dataset thus drops that method, and a dataset on which most methods are missing (a quick
+    budget that leaves them at chance) drops that dataset instead of most methods."""
+    block = values.dropna(how="all").dropna(axis=1, how="all")
+    while block.size and block.isna().to_numpy().any():
+        missing = block.isna()
+        method_loss = block.shape[0] - missing.sum(axis=0)  # present cells of each method
+        dataset_loss = block.shape[1] - missing.sum(axis=1)
+        method_loss = method_loss[missing.any(axis=0)]
+        dataset_loss = dataset_loss[missing.any(axis=1)]
+        if dataset_loss.min() < method_loss.min():
+            block = block.drop(index=dataset_loss.idxmin())
+        else:
+            block = block.drop(columns=method_loss.idxmin())
+    return block
+
+
 def friedman_pvalue(values: pd.DataFrame) -> tuple[float, float]:
     """Friedman's χ² statistic and p-value over the rows (datasets) of ``values`` (datasets ×
     methods; :func:`scipy.stats.friedmanchisquare`); NaN with fewer than 3 methods or 2

@@ -5,8 +5,9 @@ Inputs are per-seed values of the selected runs (:func:`per_seed_values`). For e
 metric (:data:`SUMMARY_METRICS`):
 
 * **mean rank** – per dataset, methods are ranked by their mean over seeds (1 = best, ties
-  averaged), then the ranks are averaged over the datasets where every ranked method has a
-  value (a method missing on one of them is not ranked, and the report says so);
+  averaged), then the ranks are averaged over the largest complete block of datasets ×
+  methods (:func:`~bayesbench.report.stats.complete_block`: a method missing on one dataset
+  is not ranked, a dataset where most methods are missing is left out; the report says which);
 * **Friedman + Nemenyi** (Demšar 2006) – Friedman's test over the datasets, and the
   critical difference of mean ranks at α = 0.05; the verdict lists the methods whose mean
   rank is within the critical difference of the best one ("not distinguishable");
@@ -30,6 +31,7 @@ from bayesbench.report.aggregate import OOD_MEAN, SHIFT_MEAN, add_summary_splits
 from bayesbench.report.files import markdown_table
 from bayesbench.report.stats import (
     ALPHA,
+    complete_block,
     detectable_effect,
     friedman_pvalue,
     holm_by,
@@ -109,10 +111,11 @@ class MetricRanking:
     title: str
     datasets: list[str]
     mean_ranks: pd.Series  # label -> mean rank (ranked labels only), ascending
-    unranked: list[str]  # labels missing on a dataset where the others have values
+    unranked: list[str]  # labels left out of the complete block (missing on a dataset)
     friedman_stat: float = math.nan
     friedman_p: float = math.nan
     cd: float = math.nan
+    left_out: list[str] = field(default_factory=list)  # datasets left out of the block
 
     @property
     def k(self) -> int:
@@ -283,10 +286,20 @@ class CrossDatasetSummary:
             out += [f"Not above chance (test accuracy below chance + {DEGENERATE_MARGIN:g} of "
                     f"the way to 1), so left out of every ranking and best mark: {listed}.",
                     ""]
-        unranked = sorted({lab for r in rankings for lab in r.unranked})
-        if unranked:
-            out += ["Not ranked on some metrics (missing on a dataset where others have "
-                    f"values): {', '.join(f'`{u}`' for u in unranked)}.", ""]
+        gaps = [r for r in rankings if r.unranked or r.left_out]
+        if gaps:
+            out += ["Left out of a ranking so that every ranked method has a value on every "
+                    "ranked dataset (Friedman's test needs complete blocks; whichever of a "
+                    "method or a dataset loses fewer values goes):", ""]
+            for r in gaps:
+                parts = []
+                if r.unranked:
+                    parts.append("methods " + ", ".join(f"`{u}`" for u in r.unranked))
+                if r.left_out:
+                    parts.append("datasets " + ", ".join(r.left_out))
+                out.append(f"- {r.title}: {'; '.join(parts)} (ranked: {r.k} methods on "
+                           f"{len(r.datasets)} dataset{'s' * (len(r.datasets) != 1)}).")
+            out.append("")
         out += ["**Verdicts** (best by mean rank; \"not distinguishable\" by Friedman's test "
                 "and the Nemenyi critical difference over datasets, Demšar 2006, α = "
                 f"{ALPHA}):", ""]
@@ -327,16 +340,19 @@ def rank_metric(means: pd.DataFrame, split: str, metric: str, title: str) -> Met
     sub = means[(means["split"] == split) & (means["metric"] == metric)]
     matrix = sub.pivot_table(index="dataset", columns="label", values="mean", aggfunc="first")
     matrix = matrix.dropna(how="all")
-    complete = matrix.dropna(axis=1, how="any")
+    complete = complete_block(matrix)
     unranked = sorted(set(matrix.columns) - set(complete.columns))
+    left_out = sorted(set(matrix.index) - set(complete.index))
     datasets = list(complete.index)
     if complete.empty:
-        return MetricRanking(split, metric, title, datasets, pd.Series(dtype=float), unranked)
+        return MetricRanking(split, metric, title, datasets, pd.Series(dtype=float), unranked,
+                             left_out=left_out)
     ranks = rank_matrix(complete, METRICS[metric].higher_is_better)
     mean_ranks = ranks.mean(axis=0).sort_values(kind="stable")
     stat, p = friedman_pvalue(complete)
     cd = nemenyi_cd(complete.shape[1], complete.shape[0])
-    return MetricRanking(split, metric, title, datasets, mean_ranks, unranked, stat, p, cd)
+    return MetricRanking(split, metric, title, datasets, mean_ranks, unranked, stat, p, cd,
+                         left_out)
 
 
 def cross_dataset_summary(values: pd.DataFrame,
@@ -345,7 +361,7 @@ def cross_dataset_summary(values: pd.DataFrame,
                           ) -> CrossDatasetSummary:
     """The summary of per-seed ``values`` (:func:`per_seed_values`) of the selected runs;
     ``degenerate`` (dataset, label) pairs (:func:`degenerate_pairs`) are left out of the
-    rankings (a label degenerate on one dataset is then not ranked at all)."""
+    rankings (see :func:`rank_metric` for what a missing value leaves out)."""
     metrics = SUMMARY_METRICS if metrics is None else metrics
     labels = sorted(values["label"].unique())
     datasets = sorted(values["dataset"].unique())
