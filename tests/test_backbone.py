@@ -88,7 +88,7 @@ def test_transformer_backbone_builds_exactly_build_model(tmp_path):
     theirs = build_model(task, cfg).state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert TransformerBackbone().hooks() == frozenset(HOOKS)
+    assert TransformerBackbone().hooks() == frozenset(HOOKS) - {"linear_init"}
     dims = TransformerBackbone().dimensions(task, cfg)
     assert (dims.depth, dims.heads, dims.d_head, dims.features) == (1, 2, 8, 16)
 
@@ -265,11 +265,11 @@ def test_list_shows_the_backbones_and_the_methods_each_runs(run_cli):
                                      else ("pip install 'bayesbench[hf]'",)):
         assert label in " ".join(table.split())
     if HAS_HF:
-        assert "has no dropout_rate" in " ".join(table.split())
+        assert "discard the pretrained weights" in " ".join(table.split())  # sngp
     rows = {label: reasons for label, _, reasons in support_matrix()}
     assert all(why is None for why in rows["transformer"].values())
     if "hf (pretrained)" in rows:  # transformers installed
         runs = {m for m, why in rows["hf (pretrained)"].items() if why is None}
-        assert {"map", "laplace", "dirichlet_attention", "bam_attention", "swag"} <= runs
+        assert {"map", "laplace", "dirichlet_attention", "bam_attention", "swag", "mfvi"} <= runs
         assert "sngp" not in runs and "sngp" in {
             m for m, why in rows["hf (pretrained: false)"].items() if why is None}

@@ -268,16 +268,51 @@ def test_linear_roles_follow_module_names():
 
 
 def test_pretrained_models_keep_their_linear_layers(saved):
+    """Layers that would discard pretrained weights are refused before training (sngp's
+    spectral-normalised ones); mfvi's load them, and runs at its defaults everywhere."""
     _, path = saved
     pretrained, random_init = HFBackbone(path), HFBackbone(path, pretrained=False)
-    mfvi = METHODS.get("mfvi")(dropout=True)
-    assert "discard the pretrained weights" in unsupported_reason(mfvi, pretrained)
-    assert unsupported_reason(mfvi, random_init) is None
-    assert unsupported_reason(METHODS.get("mfvi")(subset="last_layer", dropout=True),
-                              pretrained) is None
-    assert "dropout_rate" in unsupported_reason(METHODS.get("mfvi")(), random_init)
+    sngp = METHODS.get("sngp")()
+    assert "discard the pretrained weights" in unsupported_reason(sngp, pretrained)
+    assert unsupported_reason(sngp, random_init) is None
+    assert unsupported_reason(METHODS.get("sngp")(spectral_roles=[]), pretrained) is None
+    for backbone in (pretrained, random_init):
+        for params in ({}, {"dropout": True}, {"subset": "last_layer"}):
+            assert unsupported_reason(METHODS.get("mfvi")(**params), backbone) is None
+    assert "dropout_rate" in unsupported_reason(METHODS.get("mc_dropout")(dropout=0.3),
+                                                random_init)
     assert "vmap" in unsupported_reason(METHODS.get("deep_ensemble")(vectorized=True),
                                         random_init)
+
+
+def test_mfvi_on_a_pretrained_model_starts_at_its_weights_without_dropout(saved, task):
+    """mfvi at its defaults on a pretrained model: every encoder linear layer becomes a
+    Bayesian one whose mean is the pretrained weight, the model's dropout is off, and at the
+    posterior mean the features are exactly the pretrained model's."""
+    from bayesbench.methods.bayesian_linear import BayesianLinear
+
+    _, path = saved
+    backbone = HFBackbone(path)
+    mfvi = METHODS.get("mfvi")()
+    ctx = FitContext(training=TrainingConfig(epochs=1, batch_size=32), seed=0,
+                     backbone=backbone)
+    model = mfvi.build(task, ctx).eval()
+    plain = plain_model(path).eval()
+    bayesian = {name: m for name, m in model.hf.named_modules()
+                if isinstance(m, BayesianLinear)}
+    originals = dict(plain.named_modules())
+    assert len(bayesian) == 6 * plain.config.num_hidden_layers  # q, k, v, out, mlp in, out
+    for name, layer in bayesian.items():
+        assert torch.equal(layer.weight_mu, originals[name].weight)
+        assert torch.equal(layer.bias_mu, originals[name].bias)
+        layer.sample = False
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    parent, last = model.head_path.rsplit(".", 1) if "." in model.head_path \
+        else ("", model.head_path)
+    setattr(plain.get_submodule(parent) if parent else plain, last, torch.nn.Identity())
+    x = task.test.x[:8]
+    with torch.no_grad():
+        assert (model.features(x) - plain(**model.inputs(x)).logits).abs().max() <= 1e-6
 
 
 SUPPORTED = {
@@ -316,13 +351,13 @@ def test_a_quick_grid_on_hf_runs_and_skips_what_it_cannot(tmp_path, saved):
     cfg = parse_config({
         "seeds": [0], "quick": {"epochs": 1, "max_train": 64, "max_eval": 32, "mc_samples": 2},
         "datasets": ["markov"], "backbone": {"name": "hf", "params": {"model": path}},
-        "methods": ["map", "dirichlet_attention", "mfvi"]})
+        "methods": ["map", "dirichlet_attention", "mfvi", "sngp"]})
     outcome = run_grid(expand(cfg, quick=True), ResultStore(tmp_path / "r.sqlite"),
                        device=torch.device("cpu"))
     assert sorted(r.label for r in outcome.results if r.status == "complete") == [
-        "dirichlet_attention", "map"]
+        "dirichlet_attention", "map", "mfvi"]
     [(spec, reason)] = outcome.unsupported
-    assert spec.label == "mfvi" and "discard the pretrained weights" in reason
+    assert spec.label == "sngp" and "discard the pretrained weights" in reason
 
 
 def test_a_subword_tokenizer_assembles_each_sequence(padded_task, tmp_path):

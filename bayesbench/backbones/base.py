@@ -13,7 +13,10 @@ and offers the *hooks* methods use to change what is random, as arguments of :me
   (:data:`bayesbench.models.LINEAR_ROLES`),
 - ``head_factory(features, num_classes) -> nn.Module``: the head,
 
-plus :meth:`enable_dropout` (MC dropout) and :meth:`dimensions` (depth, heads, widths).
+plus :meth:`enable_dropout` (MC dropout), :meth:`disable_dropout` (training without dropout
+when the backbone takes no rate of the method's) and :meth:`dimensions` (depth, heads, widths).
+A backbone of pretrained weights offers ``linear_init`` instead of ``linear``: a replacement
+layer must take the pretrained weights (``load_linear``), so none is discarded.
 
 A backbone declares the hooks it supports in :meth:`hooks` (names in :data:`HOOKS`); a method
 declares those it needs (``Method.requires`` / ``Method.check_backbone``). A run whose method
@@ -36,9 +39,12 @@ HOOKS: dict[str, str] = {
     "features": "pooled features and a separate head (model.features, model.head)",
     "head": "a replacement head (head_factory)",
     "linear": "replacement linear layers by role (linear_factory)",
+    "linear_init": "replacement linear layers initialised from the backbone's own (pretrained) "
+                   "ones: each replacement's load_linear(layer) receives the layer it replaces",
     "rows": "replacement attention rows (rows_factory)",
     "dropout": "dropout kept on at test time (enable_dropout)",
     "dropout_rate": "a dropout rate set by the method (ModelConfig.dropout)",
+    "dropout_off": "the model's own dropout switched off after building (disable_dropout)",
     "functional": "torch.func.functional_call over named parameters (weight samples)",
     "vmap": "torch.func.vmap over stacked weights (vectorized ensembles)",
 }
@@ -118,3 +124,10 @@ class Backbone(ABC):
         from bayesbench.models import enable_dropout
 
         enable_dropout(model)
+
+    def disable_dropout(self, model: nn.Module) -> None:
+        """Switch the model's dropout off for good (``dropout_off``); default: the rate of
+        every nn.Dropout to 0."""
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0

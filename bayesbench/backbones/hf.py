@@ -23,10 +23,11 @@ Hooks. Attention rows go through transformers' own attention-function registry:
 with ``AttentionMaskInterface``), so every model that calls the standard attention interface
 takes the rows modules of ``rows_factory`` (attached to each attention module as
 ``bayesbench_rows``), with no list of model classes. Without ``rows_factory`` the model keeps
-its own attention implementation. Linear layers by role (random init only: replacing a
-pretrained layer would discard its weights), the head, the model's own dropout (hidden and
-attention: MC dropout sets the attention modules to training mode, which is what switches
-HF's functional attention dropout on), and ``functional_call`` are offered too.
+its own attention implementation. Linear layers by role (on a pretrained model only layers
+that load the weights they replace, ``load_linear``: the ``linear_init`` hook), the head, the
+model's own dropout (hidden and attention: MC dropout sets the attention modules to training
+mode, which is what switches HF's functional attention dropout on; ``disable_dropout`` sets
+every rate to 0), and ``functional_call`` are offered too.
 
 ``train``: ``all`` (fine-tune everything), ``head`` (only the classification head: the
 modules outside the base model, and the method's own modules such as attention rows), or
@@ -342,16 +343,15 @@ class HFBackbone(Backbone):
                 "hf (pretrained: false)": cls("bert", pretrained=False)}
 
     def hooks(self) -> frozenset[str]:
-        hooks = {"features", "head", "rows", "dropout", "functional"}
-        if not self.pretrained:
-            hooks.add("linear")
+        hooks = {"features", "head", "rows", "dropout", "dropout_off", "functional"}
+        hooks.add("linear_init" if self.pretrained else "linear")
         return frozenset(hooks)
 
     def unsupported(self, needs: frozenset[str] | set[str]) -> str | None:
         reason = super().unsupported(needs)
         if reason and "linear" in needs and self.pretrained:
             reason += " (new linear layers would discard the pretrained weights; " \
-                      "pretrained: false allows them)"
+                      "pretrained: false allows them, or layers that load them: linear_init)"
         return reason
 
     def check_task(self, task: Task) -> None:
@@ -497,16 +497,25 @@ class HFBackbone(Backbone):
                                   f"{type(hf).__name__}")
         return found[-1]
 
-    @staticmethod
-    def _replace_linears(hf: nn.Module, linear_factory: LinearFactory) -> None:
+    def _replace_linears(self, hf: nn.Module, linear_factory: LinearFactory) -> None:
+        """Put the factory's layers in place of the encoder's linear layers by role; on a
+        pretrained model each new layer first loads the weights it replaces (linear_init)."""
         for name, module in list(hf.base_model.named_modules()):
             role = linear_role(name)
             if role is None or not isinstance(module, nn.Linear):
                 continue
             new = linear_factory(module.in_features, module.out_features, role)
-            if not _plain_linear(new):  # a plain nn.Linear means "no change": keep HF's
-                parent, last = _parent(hf.base_model, name)
-                setattr(parent, last, new)
+            if _plain_linear(new):  # a plain nn.Linear means "no change": keep HF's
+                continue
+            if self.pretrained:
+                load = getattr(new, "load_linear", None)
+                if load is None:
+                    raise BayesbenchError(
+                        f"hf backbone: a {type(new).__name__} would replace the pretrained "
+                        f"layer {name} and discard its weights; give it load_linear(layer)")
+                load(module)
+            parent, last = _parent(hf.base_model, name)
+            setattr(parent, last, new.to(module.weight.device))
 
     def _freeze(self, model: HFClassifier, attention: list[nn.Module]) -> None:
         if self.train == "all":
@@ -528,6 +537,16 @@ class HFBackbone(Backbone):
             trainable |= {id(p) for p in hf.base_model.parameters() if id(p) not in skip}
         for p in model.parameters():
             p.requires_grad_(id(p) in trainable)
+
+    def disable_dropout(self, model: nn.Module) -> None:
+        """Every dropout rate to 0: the nn.Dropout layers (BERT and DistilBERT attention read
+        their rate from one) and float ``*dropout*`` attributes of the attention modules
+        (models that keep the attention rate as a number)."""
+        super().disable_dropout(model)
+        for m in getattr(model, "attention_modules", []):
+            for name, value in vars(m).items():
+                if "dropout" in name and isinstance(value, float):
+                    setattr(m, name, 0.0)
 
     def enable_dropout(self, model: nn.Module) -> None:
         """Eval mode except the dropout layers and the attention modules' own training flag

@@ -32,7 +32,7 @@ class TransformerBackbone(Backbone):
         """No parameters: the encoder's size is the config's ``model:`` section."""
 
     def hooks(self) -> frozenset[str]:
-        return frozenset(HOOKS)
+        return frozenset(HOOKS) - {"linear_init"}  # every hook; no pretrained weights to load
 
     def dimensions(self, task: Task, cfg: ModelConfig) -> Dimensions:
         return Dimensions(depth=cfg.depth, heads=cfg.heads, d_model=cfg.d_model,

@@ -188,6 +188,16 @@ class BayesianLinear(nn.Module):
                                              self.weight_rho, self.bias_rho,
                                              variance_dtype(x, self.bf16_variance))
 
+    @torch.no_grad()
+    def load_linear(self, layer: nn.Linear) -> None:
+        """Start the posterior mean at ``layer``'s weights (a pretrained layer this one
+        replaces; no bias: 0), the sigmas where they are."""
+        self.weight_mu.copy_(layer.weight)
+        if layer.bias is None:
+            self.bias_mu.zero_()
+        else:
+            self.bias_mu.copy_(layer.bias)
+
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight_mu, self.bias_mu
 

@@ -52,6 +52,14 @@ from bayesbench.priors import make_prior
 from bayesbench.task import Task
 
 
+def _dropout_hook(hooks: frozenset[str]) -> str:
+    """How mfvi's ``dropout: false`` switches the model's dropout off on a backbone with
+    ``hooks``: through ModelConfig (``dropout_rate``, the built-in encoder), else after
+    building (``dropout_off``, hf)."""
+    return "dropout_off" if "dropout_rate" not in hooks and "dropout_off" in hooks \
+        else "dropout_rate"
+
+
 class MFVI(Method):
     """Mean-field Gaussian posterior over the linear layers in ``subset`` (module docstring).
 
@@ -130,11 +138,16 @@ class MFVI(Method):
             = None
 
     def check_backbone(self, backbone: Backbone) -> str | None:
-        needs = {"head"} if self.subset == "last_layer" else {"linear"}
-        if not self.dropout:  # the model's dropout is turned off through ModelConfig
-            needs.add("dropout_rate")
+        hooks = backbone.hooks()
+        if self.subset == "last_layer":
+            needs = {"head"}
+        else:  # a pretrained backbone: the Bayesian layers start at its weights
+            needs = {"linear_init" if "linear" not in hooks and "linear_init" in hooks
+                     else "linear"}
+        if not self.dropout:
+            needs.add(_dropout_hook(hooks))
         reason = backbone.unsupported(needs)
-        if reason and not self.dropout and "dropout_rate" not in backbone.hooks():
+        if reason and not self.dropout and not {"dropout_rate", "dropout_off"} & hooks:
             reason += "; mfvi's dropout: true keeps the model's own dropout"
         return reason
 
@@ -150,9 +163,13 @@ class MFVI(Method):
                                       self.estimator, self.bf16_variance)
             return nn.Linear(in_features, out_features)
 
-        model_config = ctx.model if self.dropout else dataclasses.replace(
+        off = not self.dropout and _dropout_hook(ctx.backbone.hooks()) == "dropout_off"
+        model_config = ctx.model if self.dropout or off else dataclasses.replace(
             ctx.model, dropout=0.0, attention_dropout=0.0)
-        return ctx.backbone.build(task, model_config, linear_factory=linear)
+        model = ctx.backbone.build(task, model_config, linear_factory=linear)
+        if off:  # a backbone that takes no rate (hf): its own dropout switched off
+            ctx.backbone.disable_dropout(model)
+        return model
 
     def bayesian_layers(self) -> list[BayesianLinear]:
         assert self.model is not None, "call fit() first"
