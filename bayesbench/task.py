@@ -83,6 +83,12 @@ class Task:
     (None for an id that stands for no word: padding, the unknown word), so that a backbone
     with a tokenizer of its own (a pretrained Hugging Face model) reads the words, not the
     ids. None: the ids are all there is (synthetic tokens)."""
+    image_shape: list[int] | None = None
+    """For ``vectors`` inputs cut from images: ``[channels, height, width]``. ``x`` then
+    holds the image's ``p``×``p`` patches in raster order (patch ``t`` at patch row
+    ``t // (width / p)``, column ``t % (width / p)``), each flattened channel by channel, row by
+    row (``F = channels · p²``), so a backbone that reads pixels (a Hugging Face ViT) can put
+    the image back together (:func:`patches_to_pixels`). None: not an image."""
 
     @property
     def num_tokens(self) -> int:
@@ -140,3 +146,18 @@ class Task:
             "ood": {k: len(v) for k, v in self.ood.items()},
             "true_posterior": self.test.true_probs is not None,
         }
+
+
+def patches_to_pixels(x: torch.Tensor, image_shape: list[int]) -> torch.Tensor:
+    """Patch sequences ``[B, T, C·p·p]`` (the layout of :attr:`Task.image_shape`) -> images
+    ``[B, C, H, W]``."""
+    channels, height, width = image_shape
+    b, t, f = x.shape
+    p = round((f / channels) ** 0.5)
+    rows, cols = (height // p, width // p) if p else (0, 0)
+    if channels * p * p != f or rows * cols != t or rows * p != height or cols * p != width:
+        raise ValueError(f"{t} patches of {f} values do not tile a {channels}×{height}×{width} "
+                         "image")
+    patches = x.reshape(b, rows, cols, channels, p, p)
+    return patches.permute(0, 3, 1, 4, 2, 5).reshape(b, channels, height, width)
+

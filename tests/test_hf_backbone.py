@@ -18,7 +18,12 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from bayesbench.backbones import unsupported_reason  # noqa: E402
-from bayesbench.backbones.hf import HFBackbone, linear_role, train_word_tokenizer  # noqa: E402
+from bayesbench.backbones.hf import (  # noqa: E402
+    HFBackbone,
+    ImageEncoder,
+    linear_role,
+    train_word_tokenizer,
+)
 from bayesbench.data.markov import MarkovChains  # noqa: E402
 from bayesbench.methods.base import EvaluationConfig, FitContext, TrainingConfig  # noqa: E402
 from bayesbench.models import ModelConfig, SoftmaxRows  # noqa: E402
@@ -459,3 +464,79 @@ def test_swag_on_a_head_only_model_is_over_the_trainable_parameters(task):
     assert (swag.weight_samples[0] - swag.weight_samples[1]).abs().max() > 1e-4
     probs = swag.predict(task.test.x)
     assert not torch.equal(probs[0], probs[1])  # the head's posterior is not a point
+
+
+# --------------------------------------------------------------------------- images (ViT)
+
+VIT = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+       "intermediate_size": 32, "image_size": 8, "patch_size": 2, "num_channels": 1}
+
+
+@pytest.fixture(scope="module")
+def digits_task():
+    from bayesbench.data.digits import Digits
+
+    return Digits().build(0).limited(96, 32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def vit_dir(digits_task, tmp_path_factory):
+    path = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model("vit", **VIT, num_labels=digits_task.num_classes)
+    transformers.AutoModelForImageClassification.from_config(config).save_pretrained(path)
+    return str(path)
+
+
+def test_a_vit_reads_an_image_task_as_its_pixels(digits_task, vit_dir):
+    """digits' 2×2 patches go back into the 8×8 image (against the dataset's own inverse),
+    and with no hook active the logits are the plain ViT's on those pixels."""
+    import numpy as np
+
+    from bayesbench.data.digits import patches_to_images
+
+    model = HFBackbone(vit_dir).build(digits_task, CFG).eval()
+    x = digits_task.test.x[:8]
+    pixels = model.inputs(x)["pixel_values"]
+    images = patches_to_images(x.numpy(), patch_size=2)
+    assert pixels.shape == (8, 1, 8, 8)
+    assert np.array_equal(pixels[:, 0].numpy(), images)
+    plain = transformers.AutoModelForImageClassification.from_pretrained(vit_dir).eval()
+    with torch.no_grad():
+        assert (model(x) - plain(pixel_values=pixels).logits).abs().max() <= 1e-6
+    assert len(model.attention_modules) == VIT["num_hidden_layers"]
+    # a pretrained ViT of another size and 3 channels: resized and the channel repeated
+    wide = ImageEncoder([1, 8, 8], channels=3, size=16)(x)["pixel_values"]
+    assert wide.shape == (8, 3, 16, 16) and torch.equal(wide[:, 0], wide[:, 2])
+    assert HFBackbone(vit_dir).hooks() >= {"rows", "linear_init", "dropout", "dropout_off"}
+
+
+@pytest.mark.parametrize("name, params", [
+    ("map", {}), ("mc_dropout", {}), ("mfvi", {}), ("laplace", {}),
+    ("dirichlet_attention", {}), ("sngp", {"num_inducing": 32, "spectral_roles": []}),
+])
+def test_methods_run_on_a_random_init_vit(digits_task, vit_dir, name, params):
+    """Random init from the saved ViT's config: every method trains and predicts; the
+    attention-space method's rows replace the ViT's softmax rows."""
+    backbone = HFBackbone(vit_dir, pretrained=False)
+    method = METHODS.get(name)(**params)
+    assert unsupported_reason(method, backbone) is None
+    ctx = FitContext(training=TrainingConfig(epochs=2, batch_size=32),
+                     evaluation=EvaluationConfig(mc_samples=2, batch_size=64), seed=3,
+                     backbone=backbone)
+    method.fit(digits_task, ctx)
+    probs = method.predict(digits_task.test.x)
+    assert probs.shape[1:] == (len(digits_task.test), digits_task.num_classes)
+    assert torch.isfinite(probs).all()
+    assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    if name == "dirichlet_attention":
+        rows = [m.bayesbench_rows for m in method.model.attention_modules]
+        assert len(rows) == VIT["num_hidden_layers"] and not isinstance(rows[0], SoftmaxRows)
+
+
+def test_a_non_image_vector_task_is_refused_with_the_reason(digits_task, vit_dir):
+    from bayesbench.errors import BayesbenchError
+
+    task = dataclasses.replace(digits_task, image_shape=None)  # vectors, e.g. mnist1d's
+    with pytest.raises(BayesbenchError, match="no image"):
+        HFBackbone(vit_dir).check_task(task)

@@ -3,7 +3,10 @@
 Any ``AutoModelForSequenceClassification`` (BERT, DistilBERT, RoBERTa, ELECTRA, DeBERTa, ...)
 from a local directory or hub id (``from_pretrained``), or the same architecture randomly
 initialised from its config (``pretrained: false``; ``model`` may then also be a model type
-such as ``bert``, sized by ``config``). Token tasks only (``input_kind == "tokens"``).
+such as ``bert``, sized by ``config``). Token tasks for text models; image tasks
+(``Task.image_shape``, e.g. ``digits``) for image models such as ViT
+(``AutoModelForImageClassification``: the patches are put back into ``pixel_values``,
+:class:`ImageEncoder`; a random-init ViT takes the task's image size, channels and patch size).
 
 The classifier bayesbench sees (:class:`HFClassifier`) is the HF model with the last linear
 layer of its classification head taken out: ``features(x)`` is what that layer read (BERT:
@@ -247,6 +250,33 @@ def train_word_tokenizer(task: Task) -> Any:
                                    cls_token="[CLS]", sep_token="[SEP]")
 
 
+# --------------------------------------------------------------------------- images
+
+
+class ImageEncoder(nn.Module):
+    """Patch sequences ``[B, T, C·p·p]`` of an image task -> the model's ``pixel_values``
+    ``[B, C', S, S]``: the image put back together (:func:`~bayesbench.task.patches_to_pixels`),
+    its channels repeated when the model takes 3 and the task has 1, and resized (bilinear) to
+    the model's ``image_size`` when that differs (a pretrained ViT's 224). The pixel values
+    are the dataset's own: no image processor's normalisation."""
+
+    def __init__(self, image_shape: list[int], channels: int, size: int) -> None:
+        super().__init__()
+        self.image_shape = list(image_shape)
+        self.channels, self.size = channels, size
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from bayesbench.task import patches_to_pixels
+
+        pixels = patches_to_pixels(x, self.image_shape)
+        if pixels.shape[1] != self.channels:
+            pixels = pixels.expand(-1, self.channels, -1, -1)
+        if pixels.shape[-2:] != (self.size, self.size):
+            pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear",
+                                   align_corners=False)
+        return {"pixel_values": pixels.contiguous()}
+
+
 # --------------------------------------------------------------------------- the classifier
 
 
@@ -265,7 +295,7 @@ class HFClassifier(nn.Module):
     ``attention_modules``: its attention modules in layer order (those that called the
     attention interface)."""
 
-    def __init__(self, hf: nn.Module, head: nn.Module, head_path: str, encoder: TokenEncoder,
+    def __init__(self, hf: nn.Module, head: nn.Module, head_path: str, encoder: nn.Module,
                  tokenizer: Any, attention_modules: list[nn.Module]) -> None:
         super().__init__()
         self.hf = hf
@@ -276,7 +306,8 @@ class HFClassifier(nn.Module):
         self.attention_modules = attention_modules  # a plain list: not registered twice
 
     def inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The HF model's keyword inputs for task tokens ``x [B, T]``."""
+        """The HF model's keyword inputs for a batch of the task's inputs (token ids
+        ``[B, T]``, or an image task's patches ``[B, T, F]``)."""
         return self.encoder(x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,7 +329,8 @@ class HFClassifier(nn.Module):
             self.hf.save_pretrained(path)
         finally:
             setattr(parent, last, nn.Identity())
-        self.tokenizer.save_pretrained(path)
+        if self.tokenizer is not None:  # image models have none
+            self.tokenizer.save_pretrained(path)
 
 
 class HFBackbone(Backbone):
@@ -355,9 +387,11 @@ class HFBackbone(Backbone):
         return reason
 
     def check_task(self, task: Task) -> None:
-        if task.input_kind != "tokens":
-            raise BayesbenchError(f"the hf backbone reads token inputs; task '{task.name}' has "
-                                  f"{task.input_kind} inputs (use the transformer backbone)")
+        if task.input_kind == "tokens" or task.image_shape is not None:
+            return
+        raise BayesbenchError(f"the hf backbone reads token inputs (text models) and images "
+                              f"(ViT); task '{task.name}' has {task.input_kind} inputs that are "
+                              "no image (use the transformer backbone)")
 
     # -- loading -------------------------------------------------------------------------
 
@@ -371,7 +405,13 @@ class HFBackbone(Backbone):
             else:
                 cfg = AutoConfig.from_pretrained(self.model, **self.config)
         cfg.num_labels = task.num_classes
-        if not self.pretrained:
+        if not self.pretrained and task.image_shape is not None:  # the task's own image
+            channels, height, _ = task.image_shape
+            patch = round((task.feature_dim / channels) ** 0.5)
+            cfg.num_channels, cfg.image_size = channels, height
+            if "patch_size" not in self.config:  # the dataset's patches, unless configured
+                cfg.patch_size = patch
+        elif not self.pretrained:
             if vocab_size is not None:
                 cfg.vocab_size = vocab_size
             needed = task.num_tokens + 2
@@ -389,6 +429,8 @@ class HFBackbone(Backbone):
         """The plain HF model (with ``task.num_classes`` labels) and its tokenizer."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        if task.image_shape is not None and task.input_kind == "vectors":
+            return self._load_image_model(task), None
         try:
             with _quiet():
                 if self.pretrained:
@@ -399,10 +441,24 @@ class HFBackbone(Backbone):
                     tokenizer = train_word_tokenizer(task)
                     model = AutoModelForSequenceClassification.from_config(
                         self._hf_config(task, vocab_size=len(tokenizer)))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not a text classifier (e.g. ViT)
             raise BayesbenchError(f"hf backbone: cannot load {self.model!r}: "
                                   f"{' '.join(str(exc).split())[:400]}") from None
         return model, tokenizer
+
+    def _load_image_model(self, task: Task) -> nn.Module:
+        from transformers import AutoModelForImageClassification
+
+        try:
+            with _quiet():
+                if self.pretrained:
+                    return AutoModelForImageClassification.from_pretrained(
+                        self.model, config=self._hf_config(task), ignore_mismatched_sizes=True)
+                return AutoModelForImageClassification.from_config(self._hf_config(task))
+        except (OSError, ValueError) as exc:
+            raise BayesbenchError(f"hf backbone: cannot load {self.model!r} as an image "
+                                  f"classifier for task '{task.name}': "
+                                  f"{' '.join(str(exc).split())[:400]}") from None
 
     # -- building ------------------------------------------------------------------------
 
@@ -440,7 +496,11 @@ class HFBackbone(Backbone):
         self._freeze(model, attention)
         return model
 
-    def _encoder(self, task: Task, tokenizer: Any, hf: nn.Module) -> TokenEncoder:
+    def _encoder(self, task: Task, tokenizer: Any, hf: nn.Module) -> nn.Module:
+        if tokenizer is None:  # an image task
+            cfg = hf.config
+            return ImageEncoder(task.image_shape, int(getattr(cfg, "num_channels", 3)),
+                                int(getattr(cfg, "image_size", task.image_shape[1])))
         words = task_words(task)
         unknown = [tokenizer.unk_token_id] if tokenizer.unk_token_id is not None else []
         if self.pretrained:  # the model's own (subword) tokenizer reads each word
@@ -463,7 +523,7 @@ class HFBackbone(Backbone):
         return encoder
 
     @staticmethod
-    def _discover_attention(hf: nn.Module, encoder: TokenEncoder, task: Task) -> list[nn.Module]:
+    def _discover_attention(hf: nn.Module, encoder: nn.Module, task: Task) -> list[nn.Module]:
         """The attention modules in call order: one eval-mode pass on a short sequence with
         bayesbench's attention function, recording every module that calls it."""
         global _recording
@@ -474,7 +534,8 @@ class HFBackbone(Backbone):
         _recording = []
         try:
             with torch.no_grad():
-                hf(**encoder(task.train.x[:1, : min(4, task.train.x.shape[1])]))
+                x = task.train.x[:1]
+                hf(**encoder(x if x.ndim == 3 else x[:, : min(4, x.shape[1])]))
             found = list(dict.fromkeys(_recording))
         finally:
             _recording = None

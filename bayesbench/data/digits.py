@@ -279,6 +279,7 @@ class Digits(Dataset):
             shifted=shifted,
             ood=ood,
             class_names=[str(c) for c in classes],
+            image_shape=[1, IMAGE_SIZE, IMAGE_SIZE],
         )
 
     def _to_x(self, images: np.ndarray) -> torch.Tensor:
