@@ -21,7 +21,13 @@ from bayesbench.metrics.classification import (
 )
 from bayesbench.predictions import decode, decode_split
 from bayesbench.report import write_report
-from bayesbench.report.example_tests import example_tests, mcnemar_exact, stratified_paired_t
+from bayesbench.report.example_tests import (
+    SHIFTED,
+    example_tests,
+    mcnemar_exact,
+    split_losses,
+    stratified_paired_t,
+)
 from bayesbench.runner import run_one
 from bayesbench.store import ResultStore
 
@@ -126,6 +132,44 @@ def test_the_tests_pair_the_stored_predictions(runs):
     assert example_tests(frame, {}).empty
 
 
+def test_shifted_sets_are_tested_per_example_on_the_mean_over_kinds_and_severities(runs):
+    """digits' shifted sets corrupt the test examples: each example's losses are averaged
+    over the 25 shifted splits, so the mean difference is the mean over seeds and splits of
+    the stored shift metrics' differences, accuracy included (a t-test, not McNemar)."""
+    frame = pd.DataFrame([{"key": r.key, "label": r.label, "dataset": r.dataset,
+                           "seed": r.seed} for r in runs])
+    blobs = {r.key: r.predictions for r in runs}
+    tests = example_tests(frame, blobs, split=SHIFTED)
+    assert set(tests["split"]) == {SHIFTED} and len(tests) == 2 * 3
+    assert (tests["seeds"] == 2).all() and (tests["n"] == 120).all()
+    shifted = {(r.label, r.seed): {(m.split, m.metric): m.value for m in r.metrics
+                                   if m.split.startswith("shift/")} for r in runs}
+    splits = sorted({s for s, _ in shifted[("map", 0)]})
+    assert len(splits) == 25
+    for _, row in tests.iterrows():
+        expected = np.mean([shifted[(row["label"], seed)][(s, row["metric"])]
+                            - shifted[("map", seed)][(s, row["metric"])]
+                            for seed in (0, 1) for s in splits])
+        assert row["diff"] == pytest.approx(expected, abs=1e-9)
+    assert tests["p"].between(0, 1).all()
+
+
+def test_shifted_sets_of_other_examples_are_not_tested():
+    """A cohort shift (other patients per severity): no per-example pairing exists."""
+    from bayesbench.predictions import SplitPredictions, encode
+
+    probs = np.full((4, 2), 0.5)
+    same = encode({"test": SplitPredictions(probs, labels=np.array([0, 1, 0, 1])),
+                   "shift/cohort/1": SplitPredictions(probs, labels=np.array([0, 1, 1, 1])),
+                   "shift/cohort/2": SplitPredictions(probs, labels=np.array([0, 1, 1, 1]))})
+    other = encode({"shift/cohort/1": SplitPredictions(probs, labels=np.array([0, 1, 1, 1])),
+                    "shift/cohort/2": SplitPredictions(probs, labels=np.array([1, 1, 0, 0]))})
+    assert split_losses(same, SHIFTED)["nll"] == pytest.approx([np.log(2)] * 4)
+    assert split_losses(other, SHIFTED) is None
+    assert split_losses(encode({"test": SplitPredictions(probs, labels=np.zeros(4))}),
+                        SHIFTED) is None
+
+
 def test_the_report_shows_and_writes_them(tmp_path, runs):
     store = ResultStore(tmp_path / "s.sqlite")
     for r in runs:
@@ -135,8 +179,10 @@ def test_the_report_shows_and_writes_them(tmp_path, runs):
     md = (tmp_path / "rep" / "leaderboard.md").read_text()
     assert "## Per-example tests against map (test split)" in md
     assert "McNemar" in md and "digits 120 (2 seeds)" in md
+    assert "## Per-example tests against map (shifted sets)" in md
     csv = pd.read_csv(tmp_path / "rep" / "example_tests.csv")
-    assert len(csv) == 2 * 3 and set(csv["metric"]) == {"nll", "brier", "accuracy"}
+    assert len(csv) == 2 * 2 * 3 and set(csv["metric"]) == {"nll", "brier", "accuracy"}
+    assert set(csv["split"]) == {"test", SHIFTED}
 
 
 def test_a_degenerate_model_is_marked_and_not_counted():

@@ -18,8 +18,16 @@ label vectors differ is left out: those runs did not score the same examples):
   (``b``: the method right and map wrong, ``c``: the reverse; two-sided binomial test of
   ``b`` out of ``b + c`` at 1/2); the difference is ``(b − c) / N``.
 
-Holm's correction is applied within each (dataset, metric) over the labels tested against
-map. What this test does **not** cover: a method's training randomness. It conditions on the
+**Shifted sets** (``split`` = :data:`SHIFTED`): where every shifted split of a run scores
+the test examples themselves, corrupted (the same label vector on every kind and severity:
+digits, mnist1d, bbc_news, italy_power_demand), each example's loss is first averaged over
+all kinds and severities (accuracy: the fraction of them it is right on), so the examples stay
+the independent units, and the stratified paired t-test above runs on those means, for
+accuracy too. A dataset whose shifted sets hold other examples (actg175's cohorts) is not
+tested this way: its splits would be neither paired per example nor independent.
+
+Holm's correction is applied within each (dataset, split, metric) over the labels tested
+against map. What this test does **not** cover: a method's training randomness. It conditions on the
 trained models, so a significant result says the two trained models differ on this test
 set, not that retraining with another seed would give the same order; the seed test of the
 summary answers that.
@@ -39,7 +47,7 @@ from bayesbench.metrics.classification import (
     per_example_correct,
     per_example_nll,
 )
-from bayesbench.predictions import SplitPredictions, decode_split
+from bayesbench.predictions import SplitPredictions, decode, decode_split
 from bayesbench.report.files import markdown_table
 from bayesbench.report.stats import ALPHA, holm_by
 from bayesbench.results import TEST_SPLIT
@@ -49,6 +57,10 @@ EXAMPLE_METRICS: list[tuple[str, str]] = [("nll", "NLL"), ("brier", "Brier"),
 HIGHER_IS_BETTER = {"nll": False, "brier": False, "accuracy": True}
 COLUMNS = ["label", "dataset", "split", "metric", "seeds", "n", "diff", "p", "p_holm",
            "outcome"]
+SHIFTED = "shift_mean"
+"""The ``split`` of the tests on the shifted sets (each example's mean over every kind and
+severity); the name of the summary's shift-mean split."""
+SHIFT_PREFIX = "shift/"
 
 
 def stratified_paired_t(differences: Iterable[np.ndarray]) -> tuple[float, float]:
@@ -92,6 +104,23 @@ def _losses(p: SplitPredictions) -> dict[str, np.ndarray]:
             "accuracy": per_example_correct(p.probs, p.labels)}
 
 
+def split_losses(blob: bytes, split: str) -> dict[str, np.ndarray] | None:
+    """Per-example losses (and ``labels``) of one stored split; for :data:`SHIFTED` each
+    example's mean over every shifted split, when they all hold the same examples (None
+    otherwise, or when the run kept no such split)."""
+    if split != SHIFTED:
+        p = decode_split(blob, split)
+        return None if p is None or p.labels is None else {**_losses(p), "labels": p.labels}
+    shifted = [p for name, p in decode(blob).items() if name.startswith(SHIFT_PREFIX)]
+    if not shifted or any(p.labels is None for p in shifted):
+        return None
+    labels = shifted[0].labels
+    if any(not np.array_equal(p.labels, labels) for p in shifted[1:]):
+        return None  # other examples per split (a cohort shift): not paired per example
+    each = [_losses(p) for p in shifted]
+    return {**{m: np.mean([e[m] for e in each], axis=0) for m in each[0]}, "labels": labels}
+
+
 def example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
                   reference: str | None = "map", split: str = TEST_SPLIT) -> pd.DataFrame:
     """One row per (label, dataset, metric of :data:`EXAMPLE_METRICS`) tested against
@@ -106,9 +135,7 @@ def example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
 
     def of(key: str):
         if key not in losses:
-            p = decode_split(blobs[key], split)
-            losses[key] = None if p is None or p.labels is None else \
-                {**_losses(p), "labels": p.labels}
+            losses[key] = split_losses(blobs[key], split)
         return losses[key]
 
     for dataset, ds in have.groupby("dataset", sort=True):
@@ -130,7 +157,7 @@ def example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
                 continue
             n = sum(len(m["labels"]) for m, _ in pairs)
             for metric, _title in EXAMPLE_METRICS:
-                if metric == "accuracy":
+                if metric == "accuracy" and split != SHIFTED:  # 0/1 outcomes
                     diff, p = mcnemar_exact(np.concatenate([m[metric] for m, _ in pairs]),
                                             np.concatenate([r[metric] for _, r in pairs]))
                 else:
@@ -157,28 +184,45 @@ def _cell(row: pd.Series, degenerate: bool) -> str:
 
 def example_tests_markdown(tests: pd.DataFrame, reference: str = "map",
                            degenerate: Iterable[tuple[str, str]] = ()) -> list[str]:
-    """The report section: per metric a label × dataset table of differences to
-    ``reference`` with wins and losses marked; nothing when there are no tests.
-    ``degenerate``: (dataset, label) pairs not above chance, marked † (their wins are not
-    counted in the win/tie/loss column)."""
-    if tests.empty:
-        return []
-    flagged = set(degenerate)
+    """The report sections, one per split tested (the test split, then the shifted sets):
+    per metric a label × dataset table of differences to ``reference`` with wins and losses
+    marked; nothing when there are no tests. ``degenerate``: (dataset, label) pairs not above
+    chance, marked † (their wins are not counted in the win/tie/loss column)."""
+    out: list[str] = []
+    for split in (TEST_SPLIT, SHIFTED):
+        part = tests[tests["split"] == split]
+        if not part.empty:
+            out += _split_section(part, split, reference, set(degenerate))
+    return out
+
+
+def _split_section(tests: pd.DataFrame, split: str, reference: str,
+                   flagged: set[tuple[str, str]]) -> list[str]:
     sizes = tests.groupby("dataset", sort=True)[["n", "seeds"]].max()
     datasets = list(sizes.index)
-    out = ["## Per-example tests against map (test split)", "",
-           f"From the predictions stored with each run: per dataset, the method's test examples "
-           f"against `{reference}`'s on the same examples (same base seed = same split), over "
-           "the seeds both kept predictions for. Cells: the difference to "
-           f"`{reference}` (NLL and Brier: mean per-example difference, a stratified paired "
-           "t-test over the examples; accuracy: the difference, McNemar's exact test); "
-           f"Holm-corrected within each dataset and metric over the methods, α = {ALPHA}. "
-           "**bold ✓**: significantly better, ✗: significantly worse, plain: not "
-           "distinguishable from the test set's noise. These tests condition on the trained "
-           "models (they measure test-set noise, not seed-to-seed training noise: the summary's "
-           "seed test does); n examples per dataset: "
-           + ", ".join(f"{d} {int(n)} ({int(seeds)} seed{'s' * (seeds != 1)})"
-                       for d, n, seeds in sizes.itertuples()) + ".", ""]
+    examples = ", ".join(f"{d} {int(n)} ({int(seeds)} seed{'s' * (seeds != 1)})"
+                         for d, n, seeds in sizes.itertuples())
+    if split == SHIFTED:
+        out = ["## Per-example tests against map (shifted sets)", "",
+               "The same tests on the shifted sets, where they corrupt the test examples "
+               "themselves: each example's loss is first averaged over every shift kind and "
+               "severity (accuracy: the fraction of them it is right on), then the stratified "
+               "paired t-test runs over the examples, for accuracy too; Holm-corrected within "
+               f"each dataset and metric, α = {ALPHA}. Datasets whose shifted sets hold other "
+               "examples (a cohort shift) are not tested here. n examples per dataset: "
+               f"{examples}.", ""]
+    else:
+        out = ["## Per-example tests against map (test split)", "",
+               f"From the predictions stored with each run: per dataset, the method's test "
+               f"examples against `{reference}`'s on the same examples (same base seed = same "
+               "split), over the seeds both kept predictions for. Cells: the difference to "
+               f"`{reference}` (NLL and Brier: mean per-example difference, a stratified paired "
+               "t-test over the examples; accuracy: the difference, McNemar's exact test); "
+               f"Holm-corrected within each dataset and metric over the methods, α = {ALPHA}. "
+               "**bold ✓**: significantly better, ✗: significantly worse, plain: not "
+               "distinguishable from the test set's noise. These tests condition on the trained "
+               "models (they measure test-set noise, not seed-to-seed training noise: the "
+               f"summary's seed test does); n examples per dataset: {examples}.", ""]
     for metric, title in EXAMPLE_METRICS:
         part = tests[tests["metric"] == metric]
         if part.empty:
