@@ -304,7 +304,7 @@ def test_a_dataset_where_most_methods_are_at_chance_is_left_out_not_the_methods(
     assert ece.mean_ranks.to_dict() == {"map": 1.0, "swag": 2.0, "mfvi": 3.0, "sngp": 4.0}
     write_report(store, tmp_path / "out")
     md = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert "- ECE: datasets d3 (ranked: 4 methods on 2 datasets)." in md
+    assert "- every metric: datasets d3 (ranked: 4 methods on 2 datasets)." in md
 
 
 def test_replacing_a_report_of_other_runs_says_so(tmp_path):

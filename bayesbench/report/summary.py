@@ -291,13 +291,16 @@ class CrossDatasetSummary:
             out += ["Left out of a ranking so that every ranked method has a value on every "
                     "ranked dataset (Friedman's test needs complete blocks; whichever of a "
                     "method or a dataset loses fewer values goes):", ""]
-            for r in gaps:
+            same = len(gaps) == len(rankings) and len(
+                {(tuple(r.unranked), tuple(r.left_out)) for r in gaps}) == 1
+            for r in gaps[:1] if same else gaps:
                 parts = []
                 if r.unranked:
                     parts.append("methods " + ", ".join(f"`{u}`" for u in r.unranked))
                 if r.left_out:
                     parts.append("datasets " + ", ".join(r.left_out))
-                out.append(f"- {r.title}: {'; '.join(parts)} (ranked: {r.k} methods on "
+                title = "every metric" if same else r.title
+                out.append(f"- {title}: {'; '.join(parts)} (ranked: {r.k} methods on "
                            f"{len(r.datasets)} dataset{'s' * (len(r.datasets) != 1)}).")
             out.append("")
         out += ["**Verdicts** (best by mean rank; \"not distinguishable\" by Friedman's test "
