@@ -71,7 +71,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else the platform's processor
+    string; ``unknown`` when neither says). Stored with every run because the same run key
+    gives different numbers on different CPU types (their BLAS kernels round differently, and
+    training amplifies it): runs are bit-reproducible on one type only."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def package_versions() -> dict[str, str]:
+    """What a run's numbers depend on beyond its settings: the library versions and the CPU
+    model (see :func:`cpu_model`)."""
     import numpy
     import pandas
     import sklearn
@@ -83,6 +100,7 @@ def package_versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "scikit-learn": sklearn.__version__,
         "pandas": pandas.__version__,
+        "cpu": cpu_model(),
     }
 
 

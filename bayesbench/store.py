@@ -457,10 +457,12 @@ class ResultStore:
         return out
 
     def runs_frame(self) -> pd.DataFrame:
-        """One row per stored run (complete and failed): the scalar columns of ``runs``."""
+        """One row per stored run (complete and failed): the scalar columns of ``runs``, and
+        ``cpu``, the CPU model the run recorded (None for runs stored before it was)."""
         with self._connect() as conn:
             frame = pd.read_sql_query(
-                f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs ORDER BY dataset, label, seed, key",
+                f"SELECT {', '.join(_RUN_COLUMNS)}, json_extract(versions, '$.cpu') AS cpu "
+                "FROM runs ORDER BY dataset, label, seed, key",
                 conn,
             )
         frame["quick"] = frame["quick"].astype(bool)

@@ -359,3 +359,27 @@ def test_runs_under_another_metric_specification_are_never_mixed(tmp_path):
     header = sel.header_line()
     assert "Metrics: ECE and MCE over 15 equal-width bins" in header
     assert "1 run computed under another metric specification left out" in header
+
+
+def test_the_header_names_the_cpu_and_warns_when_runs_mix_cpu_types(tmp_path):
+    """The same settings give other numbers on another CPU type, so the header says which
+    CPU the runs were made on, and warns when they come from more than one."""
+    from bayesbench.runner import cpu_model, package_versions
+
+    assert package_versions()["cpu"] == cpu_model() and cpu_model()
+    store = ResultStore(tmp_path / "s.sqlite")
+    for seed in range(2):
+        run = fake_result("map", "d1", seed, 0.9, 0.05)
+        run.versions = {"cpu": "Intel(R) Xeon(R)"}
+        store.write(run)
+    sel = select_store_runs(store)
+    assert sel.cpus == {"Intel(R) Xeon(R)": 2}
+    assert "CPU: Intel(R) Xeon(R)." in sel.header_line()
+    other = fake_result("map", "d2", 0, 0.9, 0.05)
+    other.versions = {"cpu": "AMD EPYC 7B13"}
+    store.write(other)
+    old = fake_result("map", "d3", 0, 0.9, 0.05)  # stored before runs recorded their CPU
+    store.write(old)
+    line = select_store_runs(store).header_line()
+    assert "AMD EPYC 7B13 (1 run), Intel(R) Xeon(R) (2 runs)" in line
+    assert "runs from more than one CPU type" in line

@@ -69,6 +69,13 @@ class RunSelection:
         return sorted(int(s) for s in self.runs["seed"].unique())
 
     @property
+    def cpus(self) -> dict[str, int]:
+        """CPU model -> number of selected runs made on it (runs that recorded one)."""
+        if "cpu" not in self.runs:
+            return {}
+        return {str(c): int(n) for c, n in self.runs["cpu"].dropna().value_counts().items()}
+
+    @property
     def commits(self) -> list[str]:
         return sorted({c for c in self.runs["git_commit"] if isinstance(c, str) and c})
 
@@ -89,6 +96,14 @@ class RunSelection:
                 f"{'s' * (len(self.labels) != 1)} × {len(self.datasets)} dataset"
                 f"{'s' * (len(self.datasets) != 1)}, seed{'s' * (len(self.seeds) != 1)} "
                 f"{seeds}{commit_text}; {len(self.failed)} failed.")
+        cpus = self.cpus
+        if len(cpus) == 1:
+            line += f" CPU: {next(iter(cpus))}."
+        elif cpus:
+            line += (" CPUs: " + ", ".join(f"{c} ({n} run{'s' * (n != 1)})"
+                                           for c, n in sorted(cpus.items()))
+                     + ": **runs from more than one CPU type** (the same settings give other "
+                     "numbers on another CPU type, a draw like another seed's).")
         if self.metric_spec:
             line += f" Metrics: {describe_metric_spec(self.metric_spec)}."
         if self.other_spec:
