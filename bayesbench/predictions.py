@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,21 +116,20 @@ def _split_at(data: Any, i: int, entry: dict) -> SplitPredictions:
     return SplitPredictions(samples=int(entry["samples"]), **fields)
 
 
-def decode(blob: bytes) -> dict[str, SplitPredictions]:
-    """The inverse of :func:`encode`."""
+def decode(blob: bytes, wanted: Callable[[str], bool] | None = None
+           ) -> dict[str, SplitPredictions]:
+    """The inverse of :func:`encode`; with ``wanted``, only the splits whose name it accepts
+    (only their arrays are decompressed)."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
         return {entry["split"]: _split_at(data, i, entry)
-                for i, entry in enumerate(_indexed_splits(data))}
+                for i, entry in enumerate(_indexed_splits(data))
+                if wanted is None or wanted(entry["split"])}
 
 
 def decode_split(blob: bytes, split: str) -> SplitPredictions | None:
     """One split of :func:`decode` (None when the run kept none for it); decompresses only
     that split's arrays."""
-    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        for i, entry in enumerate(_indexed_splits(data)):
-            if entry["split"] == split:
-                return _split_at(data, i, entry)
-    return None
+    return decode(blob, lambda name: name == split).get(split)
 
 
 def rescore(predictions: dict[str, SplitPredictions], n_bins: int) -> list[MetricValue]:

@@ -91,6 +91,11 @@ class Task:
     the image back together (:func:`patches_to_pixels`). None: not an image."""
 
     @property
+    def is_image(self) -> bool:
+        """Patch sequences of images (``vectors`` with an :attr:`image_shape`)."""
+        return self.input_kind == "vectors" and self.image_shape is not None
+
+    @property
     def num_tokens(self) -> int:
         """Longest token sequence over all splits (sizes the position embedding)."""
         if self.input_kind == "features":
@@ -148,16 +153,20 @@ class Task:
         }
 
 
+def patch_size(image_shape: list[int], features: int) -> int:
+    """The side ``p`` of square patches of ``features = channels · p²`` values."""
+    return round((features / image_shape[0]) ** 0.5)
+
+
 def patches_to_pixels(x: torch.Tensor, image_shape: list[int]) -> torch.Tensor:
     """Patch sequences ``[B, T, C·p·p]`` (the layout of :attr:`Task.image_shape`) -> images
     ``[B, C, H, W]``."""
     channels, height, width = image_shape
     b, t, f = x.shape
-    p = round((f / channels) ** 0.5)
+    p = patch_size(image_shape, f)
     rows, cols = (height // p, width // p) if p else (0, 0)
     if channels * p * p != f or rows * cols != t or rows * p != height or cols * p != width:
         raise ValueError(f"{t} patches of {f} values do not tile a {channels}×{height}×{width} "
                          "image")
     patches = x.reshape(b, rows, cols, channels, p, p)
     return patches.permute(0, 3, 1, 4, 2, 5).reshape(b, channels, height, width)
-

@@ -59,7 +59,7 @@ from bayesbench.backbones.base import (
 )
 from bayesbench.errors import BayesbenchError, ConfigError
 from bayesbench.models import ModelConfig
-from bayesbench.task import Task
+from bayesbench.task import Task, patch_size, patches_to_pixels
 
 INSTALL = "pip install 'bayesbench[hf]'"
 ATTENTION_NAME = "bayesbench_rows"
@@ -266,8 +266,6 @@ class ImageEncoder(nn.Module):
         self.channels, self.size = channels, size
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        from bayesbench.task import patches_to_pixels
-
         pixels = patches_to_pixels(x, self.image_shape)
         if pixels.shape[1] != self.channels:
             pixels = pixels.expand(-1, self.channels, -1, -1)
@@ -387,7 +385,7 @@ class HFBackbone(Backbone):
         return reason
 
     def check_task(self, task: Task) -> None:
-        if task.input_kind == "tokens" or task.image_shape is not None:
+        if task.input_kind == "tokens" or task.is_image:
             return
         raise BayesbenchError(f"the hf backbone reads token inputs (text models) and images "
                               f"(ViT); task '{task.name}' has {task.input_kind} inputs that are "
@@ -405,12 +403,10 @@ class HFBackbone(Backbone):
             else:
                 cfg = AutoConfig.from_pretrained(self.model, **self.config)
         cfg.num_labels = task.num_classes
-        if not self.pretrained and task.image_shape is not None:  # the task's own image
-            channels, height, _ = task.image_shape
-            patch = round((task.feature_dim / channels) ** 0.5)
-            cfg.num_channels, cfg.image_size = channels, height
+        if not self.pretrained and task.is_image:  # the task's own image
+            cfg.num_channels, cfg.image_size = task.image_shape[0], task.image_shape[1]
             if "patch_size" not in self.config:  # the dataset's patches, unless configured
-                cfg.patch_size = patch
+                cfg.patch_size = patch_size(task.image_shape, task.feature_dim)
         elif not self.pretrained:
             if vocab_size is not None:
                 cfg.vocab_size = vocab_size
@@ -426,39 +422,34 @@ class HFBackbone(Backbone):
                           d_head=c.hidden_size // heads, features=c.hidden_size)
 
     def load(self, task: Task) -> tuple[nn.Module, Any]:
-        """The plain HF model (with ``task.num_classes`` labels) and its tokenizer."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        """The plain HF model (with ``task.num_classes`` labels) and its tokenizer (None for
+        an image task: an ``AutoModelForImageClassification``)."""
+        from transformers import (
+            AutoModelForImageClassification,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
-        if task.image_shape is not None and task.input_kind == "vectors":
-            return self._load_image_model(task), None
+        image = task.is_image
+        auto = AutoModelForImageClassification if image else AutoModelForSequenceClassification
+        tokenizer = None
         try:
             with _quiet():
                 if self.pretrained:
-                    tokenizer = AutoTokenizer.from_pretrained(self.model)
-                    model = AutoModelForSequenceClassification.from_pretrained(
-                        self.model, config=self._hf_config(task), ignore_mismatched_sizes=True)
+                    if not image:
+                        tokenizer = AutoTokenizer.from_pretrained(self.model)
+                    model = auto.from_pretrained(self.model, config=self._hf_config(task),
+                                                 ignore_mismatched_sizes=True)
                 else:
-                    tokenizer = train_word_tokenizer(task)
-                    model = AutoModelForSequenceClassification.from_config(
-                        self._hf_config(task, vocab_size=len(tokenizer)))
-        except (OSError, ValueError) as exc:  # ValueError: not a text classifier (e.g. ViT)
-            raise BayesbenchError(f"hf backbone: cannot load {self.model!r}: "
+                    if not image:
+                        tokenizer = train_word_tokenizer(task)
+                    model = auto.from_config(self._hf_config(
+                        task, vocab_size=None if tokenizer is None else len(tokenizer)))
+        except (OSError, ValueError) as exc:  # ValueError: the wrong kind of model
+            kind = f" as an image classifier for task '{task.name}'" if image else ""
+            raise BayesbenchError(f"hf backbone: cannot load {self.model!r}{kind}: "
                                   f"{' '.join(str(exc).split())[:400]}") from None
         return model, tokenizer
-
-    def _load_image_model(self, task: Task) -> nn.Module:
-        from transformers import AutoModelForImageClassification
-
-        try:
-            with _quiet():
-                if self.pretrained:
-                    return AutoModelForImageClassification.from_pretrained(
-                        self.model, config=self._hf_config(task), ignore_mismatched_sizes=True)
-                return AutoModelForImageClassification.from_config(self._hf_config(task))
-        except (OSError, ValueError) as exc:
-            raise BayesbenchError(f"hf backbone: cannot load {self.model!r} as an image "
-                                  f"classifier for task '{task.name}': "
-                                  f"{' '.join(str(exc).split())[:400]}") from None
 
     # -- building ------------------------------------------------------------------------
 

@@ -48,19 +48,19 @@ from bayesbench.metrics.classification import (
     per_example_nll,
 )
 from bayesbench.predictions import SplitPredictions, decode, decode_split
+from bayesbench.report.aggregate import SHIFT_MEAN
 from bayesbench.report.files import markdown_table
 from bayesbench.report.stats import ALPHA, holm_by
-from bayesbench.results import TEST_SPLIT
+from bayesbench.results import TEST_SPLIT, parse_split
 
 EXAMPLE_METRICS: list[tuple[str, str]] = [("nll", "NLL"), ("brier", "Brier"),
                                           ("accuracy", "accuracy")]
 HIGHER_IS_BETTER = {"nll": False, "brier": False, "accuracy": True}
 COLUMNS = ["label", "dataset", "split", "metric", "seeds", "n", "diff", "p", "p_holm",
            "outcome"]
-SHIFTED = "shift_mean"
+SHIFTED = SHIFT_MEAN
 """The ``split`` of the tests on the shifted sets (each example's mean over every kind and
-severity); the name of the summary's shift-mean split."""
-SHIFT_PREFIX = "shift/"
+severity): the summary's shift-mean split."""
 
 
 def stratified_paired_t(differences: Iterable[np.ndarray]) -> tuple[float, float]:
@@ -111,7 +111,7 @@ def split_losses(blob: bytes, split: str) -> dict[str, np.ndarray] | None:
     if split != SHIFTED:
         p = decode_split(blob, split)
         return None if p is None or p.labels is None else {**_losses(p), "labels": p.labels}
-    shifted = [p for name, p in decode(blob).items() if name.startswith(SHIFT_PREFIX)]
+    shifted = list(decode(blob, lambda name: parse_split(name)[0] == "shift").values())
     if not shifted or any(p.labels is None for p in shifted):
         return None
     labels = shifted[0].labels

@@ -29,6 +29,7 @@ from bayesbench.report.aggregate import (
     aggregate,
     extract_unique,
 )
+from bayesbench.report.example_tests import COLUMNS as EXAMPLE_COLUMNS
 from bayesbench.report.example_tests import SHIFTED, example_tests, example_tests_markdown
 from bayesbench.report.figures import cd_diagram_png, cost_quality_png, reliability_figure
 from bayesbench.report.files import (  # noqa: F401  (re-exported: the names callers import)
@@ -493,10 +494,10 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
     tied = not_worse_than_best(agg_shown, values, MAIN_COLUMNS, exclude=set(degenerate))
     comparisons = summary.comparisons
     blobs = store.predictions_of(list(sel.runs["key"])) if summary.reference else {}
-    per_example = [example_tests(sel.runs, blobs, summary.reference, split)
-                   for split in (TEST_SPLIT, SHIFTED)]
-    per_example = pd.concat([t for t in per_example if not t.empty] or per_example[:1],
-                            ignore_index=True)
+    per_split = [t for t in (example_tests(sel.runs, blobs, summary.reference, split)
+                             for split in (TEST_SPLIT, SHIFTED)) if not t.empty]
+    per_example = pd.concat(per_split, ignore_index=True) if per_split \
+        else pd.DataFrame(columns=EXAMPLE_COLUMNS)
     written = [_write_csv(out_dir, "results.csv", results_frame(tidy, sel.runs)),
                _write_csv(out_dir, "summary.csv", tidy_summary(agg, complete)),
                _write_csv(out_dir, "comparisons.csv", comparisons),
