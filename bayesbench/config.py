@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from bayesbench.backbones import DEFAULT_BACKBONE
+from bayesbench.backbones import UNHASHED_BACKBONE, default_backbone
 from bayesbench.errors import BayesbenchError, ConfigError, UnknownNameError, shorten
 from bayesbench.execution.limits import check_parallelism  # noqa: F401 - re-exported
 from bayesbench.methods.base import EvaluationConfig, TrainingConfig
@@ -302,7 +302,7 @@ class Config:
     datasets: list[Entry]
     methods: list[Entry]
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # not in any run key
-    backbone: dict[str, Any] = field(default_factory=lambda: {**DEFAULT_BACKBONE, "params": {}})
+    backbone: dict[str, Any] = field(default_factory=default_backbone)
     keep_predictions: bool = True  # not in any run key
 
 
@@ -335,7 +335,7 @@ class RunSpec:
     dataset_version: int = 1
     threads: int = 1
     device: str = "cpu"
-    backbone: dict[str, Any] = field(default_factory=lambda: {**DEFAULT_BACKBONE, "params": {}})
+    backbone: dict[str, Any] = field(default_factory=default_backbone)
     keep_predictions: bool = True  # store the evaluation splits' predictions; never hashed
 
     def to_dict(self) -> dict[str, Any]:
@@ -365,7 +365,7 @@ class RunSpec:
 
 
 _UNHASHED_DEFAULTS = {"method_version": 1, "dataset_version": 1, "threads": 1, "device": "cpu",
-                      "backbone": DEFAULT_BACKBONE}
+                      "backbone": UNHASHED_BACKBONE}
 """RunSpec fields left out of the hashes while they hold these values (see RunSpec)."""
 
 
@@ -623,7 +623,7 @@ def backbone_section(v: _Validator, raw: Any, where: str) -> dict[str, Any]:
     from bayesbench.registry import BACKBONES
 
     if raw is None:
-        return {**DEFAULT_BACKBONE, "params": {}}
+        return default_backbone()
     if isinstance(raw, str):
         raw = {"name": raw}
     data = v.mapping(raw, where)

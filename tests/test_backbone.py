@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from bayesbench.backbones import (
-    DEFAULT_BACKBONE,
+    UNHASHED_BACKBONE,
+    default_backbone,
     HOOKS,
     TransformerBackbone,
     make_backbone,
@@ -93,12 +94,15 @@ def test_transformer_backbone_builds_exactly_build_model(tmp_path):
     assert (dims.depth, dims.heads, dims.d_head, dims.features) == (1, 2, 8, 16)
 
 
-def test_default_backbone_leaves_every_stored_key_of_the_default_suite_unchanged():
-    """The default suite's run keys are those computed before backbones existed (formula
-    without the field, and a few keys as stored by the committed code)."""
+def test_default_backbone_at_version_1_leaves_every_stored_key_of_the_default_suite_unchanged(
+        monkeypatch):
+    """At version 1 the built-in encoder never entered a key: the default suite's run keys are
+    those computed before backbones existed (formula without the field, and a few keys as
+    stored by the code of that time)."""
+    monkeypatch.setattr(TransformerBackbone, "version", 1)
     cfg = load_config(REPO / "benchmarks.yaml")
     specs = expand(cfg) + expand(cfg, quick=True)
-    assert all(s.backbone == DEFAULT_BACKBONE for s in specs)
+    assert all(s.backbone == UNHASHED_BACKBONE for s in specs)
     for s in specs:
         d = s.to_dict()
         del d["backbone"], d["keep_predictions"]  # keep_predictions: never hashed
@@ -107,11 +111,31 @@ def test_default_backbone_leaves_every_stored_key_of_the_default_suite_unchanged
                 del d[name]
         assert s.key == _digest(d)[:16]
     # keys the code before backbones computed for a fixed grid (map on markov, seeds 0, 1)
-    fixed = parse_config({"seeds": [0, 1], "model": {"d_model": 16, "heads": 2, "depth": 1},
-                          "datasets": ["markov", {"name": "digits", "training": {"epochs": 3}}],
-                          "methods": ["map"]})
-    assert [s.key for s in expand(fixed)][:2] == ["a7f9d2c910ec7c2e", "b79f47fab65fa55e"]
-    assert expand(fixed, quick=True)[0].key == "2f07e420c9f8f0c5"
+    assert [s.key for s in expand(fixed_grid())][:2] == ["a7f9d2c910ec7c2e", "b79f47fab65fa55e"]
+    assert expand(fixed_grid(), quick=True)[0].key == "2f07e420c9f8f0c5"
+
+
+def fixed_grid():
+    """A small grid whose keys at version 1 are known (parsed now: the version is read then)."""
+    return parse_config({
+        "seeds": [0, 1], "model": {"d_model": 16, "heads": 2, "depth": 1},
+        "datasets": ["markov", {"name": "digits", "training": {"epochs": 3}}],
+        "methods": ["map"]})
+
+
+def test_the_built_in_encoders_version_2_gives_every_default_run_a_new_key(monkeypatch):
+    """Version 2 changed the encoder's numbers (dropout masks, short-row softmax): no run of
+    the built-in encoder may match a key stored by version 1."""
+    assert TransformerBackbone.version == 2
+    assert default_backbone() == {"name": "transformer", "params": {}, "version": 2}
+    cfg = load_config(REPO / "benchmarks.yaml")
+    now = expand(cfg) + expand(cfg, quick=True) + expand(fixed_grid())
+    assert all(s.backbone == default_backbone() for s in now)
+    monkeypatch.setattr(TransformerBackbone, "version", 1)
+    before = expand(load_config(REPO / "benchmarks.yaml")) + expand(
+        load_config(REPO / "benchmarks.yaml"), quick=True) + expand(fixed_grid())
+    assert not {s.key for s in now} & {s.key for s in before}
+    assert len({s.key for s in now}) == len(now)
 
 
 def test_naming_the_default_backbone_keeps_the_keys():
@@ -132,7 +156,7 @@ def test_another_backbone_enters_the_key_top_level_and_per_dataset(user_backbone
         "digits"]}), quick=True)
     by = {s.dataset_label: s for s in per}
     assert by["markov"].backbone["params"] == {"width": 8}
-    assert by["digits"].backbone == DEFAULT_BACKBONE
+    assert by["digits"].backbone == default_backbone()
     assert by["digits"].key == next(s.key for s in plain if s.dataset_label == "digits")
     assert by["markov"].key != next(s.key for s in plain if s.dataset_label == "markov")
 

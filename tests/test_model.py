@@ -117,3 +117,54 @@ def test_reusing_the_input_prefix_gives_the_same_samples_bit_for_bit():
                 assert model._prefix_cache is None
             assert all(torch.equal(a, b) for a, b in zip(plain, reused))
             assert not torch.equal(plain[0], plain[1])  # the passes are random
+
+
+def test_the_encoders_dropout_is_a_bernoulli_mask_like_torchs():
+    """The fast mask (uniform >= p) against F.dropout: same keep rate within Monte Carlo
+    error, same scaling, gradient equal to the mask / (1 - p), identity in eval mode, and
+    found by isinstance(m, nn.Dropout) (what MC dropout and `dropout_off` switch)."""
+    from bayesbench.models.transformer import Dropout
+
+    torch.manual_seed(0)
+    p, n = 0.1, 400_000
+    x = torch.full((n,), 2.0, requires_grad=True)
+    fast = Dropout(p)
+    y = fast(x)
+    ours = (y == 0).double().mean().item()
+    theirs = (nn.functional.dropout(x, p, training=True) == 0).double().mean().item()
+    se = (p * (1 - p) / n) ** 0.5
+    assert abs(ours - p) < 4 * se and abs(theirs - p) < 4 * se
+    assert torch.allclose(torch.unique(y), torch.tensor([0.0, 2.0 / (1 - p)]))
+    y.sum().backward()
+    assert torch.allclose(x.grad, (y != 0).float() / (1 - p))
+    assert isinstance(fast, nn.Dropout)
+    fast.eval()
+    assert fast(x) is x
+    assert torch.equal(Dropout(0.0)(x), x)
+    model = build_model(toy_task("vectors"), ModelConfig(d_model=16, depth=1, heads=2))
+    kinds = {type(m) for m in model.modules() if isinstance(m, nn.Dropout)}
+    assert kinds == {Dropout}
+
+
+def test_short_row_softmax_equals_torchs_values_and_gradients():
+    """softmax_rows writes the softmax out for rows under 16 keys (torch's CPU kernel is slow
+    there): equal to Tensor.softmax within float rounding, padded keys exactly 0, same
+    gradients, for every row length either side of the switch."""
+    from bayesbench.models.transformer import SHORT_ROWS, SoftmaxRows, softmax_rows
+
+    g = torch.Generator().manual_seed(1)
+    for t in range(1, SHORT_ROWS + 3):
+        s = (torch.randn(3, 2, t, t, generator=g) * 5).requires_grad_()
+        w = torch.randn(3, 2, t, t, generator=g)
+        ours = softmax_rows(s)
+        (gs,) = torch.autograd.grad((ours * w).sum(), s)
+        ref = s.softmax(-1)
+        (gr,) = torch.autograd.grad((ref * w).sum(), s)
+        assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+        assert torch.allclose(gs, gr, atol=1e-5, rtol=1e-5)
+        if t > 1:
+            padding = torch.zeros(3, 1, 1, t, dtype=torch.bool)
+            padding[..., -1] = True
+            rows = SoftmaxRows()(s.detach(), padding=padding)
+            assert torch.all(rows[..., -1] == 0)
+            assert torch.allclose(rows.sum(-1), torch.ones(3, 2, t), atol=1e-6)

@@ -5,7 +5,8 @@
 entry-point group ``bayesbench.backbones`` (:data:`bayesbench.registry.BACKBONES`).
 
 A run's backbone is ``{"name": ..., "params": {...}}`` (the ``backbone:`` section of
-benchmarks.yaml, top level or per dataset); :data:`DEFAULT_BACKBONE` never enters a run key.
+benchmarks.yaml, top level or per dataset; ``"version"`` too once the class's is above 1);
+:data:`UNHASHED_BACKBONE` never enters a run key.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ from typing import Any
 from bayesbench.backbones.base import HOOKS, Backbone, Dimensions
 from bayesbench.backbones.transformer import TransformerBackbone
 
-DEFAULT_BACKBONE: dict[str, Any] = {"name": "transformer", "params": {}}
-"""The backbone of a run that names none; left out of run keys (stored keys stay valid)."""
+UNHASHED_BACKBONE: dict[str, Any] = {"name": "transformer", "params": {}}
+"""The built-in encoder at version 1, left out of run keys: runs stored before backbones
+existed kept their keys. From version 2 on, the default backbone enters every key."""
+
+
+def default_backbone() -> dict[str, Any]:
+    """The backbone of a run that names none: the built-in encoder at its current version."""
+    version = TransformerBackbone.version
+    return {"name": "transformer", "params": {}} | ({"version": version} if version > 1 else {})
+
 
 
 def make_backbone(spec: dict[str, Any] | None) -> Backbone:
@@ -24,7 +33,7 @@ def make_backbone(spec: dict[str, Any] | None) -> Backbone:
     prepared (:meth:`~.base.Backbone.prepare`)."""
     from bayesbench.registry import BACKBONES
 
-    spec = spec or DEFAULT_BACKBONE
+    spec = spec or default_backbone()
     if spec["name"] == "transformer" and not spec.get("params"):
         return TransformerBackbone()
     backbone = BACKBONES.get(spec["name"])(**spec.get("params", {}))
@@ -89,6 +98,6 @@ def support_matrix() -> list[tuple[str, str, dict[str, str | None]]]:
     return out
 
 
-__all__ = ["DEFAULT_BACKBONE", "HOOKS", "Backbone", "Dimensions", "TransformerBackbone",
+__all__ = ["UNHASHED_BACKBONE", "default_backbone", "HOOKS", "Backbone", "Dimensions", "TransformerBackbone",
            "make_backbone", "unsupported_reason",
            "support_matrix", "unsupported_runs"]

@@ -27,6 +27,7 @@ class TransformerBackbone(Backbone):
 
     name = "transformer"
     description = "bayesbench's own pre-LN encoder, sized by the model: section (the default)"
+    version = 2  # 2: faster dropout masks and short-row softmax (other random draws, rounding)
 
     def __init__(self) -> None:
         """No parameters: the encoder's size is the config's ``model:`` section."""

@@ -99,7 +99,38 @@ class SoftmaxRows(nn.Module):
     ) -> torch.Tensor:
         if padding is not None:
             scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
+        return softmax_rows(scores)
+
+
+SHORT_ROWS = 16
+"""Below this many keys torch's CPU softmax takes a scalar path, 3-7x slower than the
+same formula in vectorised element-wise ops (measured for 9-15 keys, forward and backward);
+from 16 keys on it is the faster one."""
+
+
+def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.softmax(-1)``, written out as ``exp(s - max) / sum`` for rows shorter than
+    :data:`SHORT_ROWS` (equal to it within float rounding, ~2e-7; a shape branch, never a
+    data-dependent one). The max is detached: the softmax does not depend on it."""
+    if scores.shape[-1] >= SHORT_ROWS:
         return scores.softmax(dim=-1)
+    e = (scores - scores.detach().amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same ``p``, same train/eval switch, found by ``isinstance(m,
+    nn.Dropout)``) with the keep mask drawn as ``uniform >= p``: the same Bernoulli(1 - p)
+    mask scaled by 1 / (1 - p), about 1.6x faster on CPU than torch's bernoulli kernel, which
+    made dropout half of an MC-dropout prediction's time. It draws other random numbers than
+    ``F.dropout``, so runs on the built-in encoder changed (its backbone version 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
 
 
 class VectorEmbedding(nn.Module):
@@ -156,7 +187,7 @@ class SelfAttention(nn.Module):
         self.qkv = linear(d_model, 3 * d_model, "attention.qkv")
         self.out = linear(d_model, d_model, "attention.out")
         self.rows = rows
-        self.dropout = nn.Dropout(attention_dropout)
+        self.dropout = Dropout(attention_dropout)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(keys, values, scores)`` of x ``[B, T, d_model]``: ``[B, H, T, d_head]`` twice and
@@ -200,7 +231,7 @@ class FeedForward(nn.Module):
         self.fc_in = linear(d_model, hidden, "mlp.in")
         self.fc_out = linear(hidden, d_model, "mlp.out")
         self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc_out(self.dropout(self.act(self.fc_in(x)))))
@@ -217,7 +248,7 @@ class EncoderBlock(nn.Module):
         self.attention = SelfAttention(cfg.d_model, cfg.heads, rows, linear, cfg.attention_dropout)
         self.norm_mlp = nn.LayerNorm(cfg.d_model)
         self.mlp = FeedForward(cfg.d_model, int(cfg.d_model * cfg.mlp_ratio), linear, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The attention's :meth:`SelfAttention.project` of ``LN(x)``."""
