@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from bayesbench.backbones import (
-    UNHASHED_BACKBONE,
-    default_backbone,
     HOOKS,
+    UNHASHED_BACKBONE,
     TransformerBackbone,
+    default_backbone,
     make_backbone,
     unsupported_reason,
 )

@@ -98,6 +98,6 @@ def support_matrix() -> list[tuple[str, str, dict[str, str | None]]]:
     return out
 
 
-__all__ = ["UNHASHED_BACKBONE", "default_backbone", "HOOKS", "Backbone", "Dimensions", "TransformerBackbone",
-           "make_backbone", "unsupported_reason",
+__all__ = ["UNHASHED_BACKBONE", "default_backbone", "HOOKS", "Backbone", "Dimensions",
+           "TransformerBackbone", "make_backbone", "unsupported_reason",
            "support_matrix", "unsupported_runs"]
