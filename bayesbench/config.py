@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from bayesbench.backbones import UNHASHED_BACKBONE, default_backbone
+from bayesbench.backbones import UNHASHED_BACKBONE, backbone_spec, default_backbone
 from bayesbench.errors import BayesbenchError, ConfigError, UnknownNameError, shorten
 from bayesbench.execution.limits import check_parallelism  # noqa: F401 - re-exported
 from bayesbench.methods.base import EvaluationConfig, TrainingConfig
@@ -641,8 +641,7 @@ def backbone_section(v: _Validator, raw: Any, where: str) -> dict[str, Any]:
         v.fail(f"{where}.name", f"'{name}' is not a bayesbench.backbones.Backbone")
     params = check_parameters(cls, v.mapping(data.get("params"), f"{where}.params"), v,
                               f"{where}.params")
-    version = int(getattr(cls, "version", 1))
-    return {"name": name, "params": params} | ({"version": version} if version > 1 else {})
+    return backbone_spec(name, params, cls)
 
 
 def executor_section(v: _Validator, raw: Any) -> ExecutorConfig:

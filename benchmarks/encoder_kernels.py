@@ -44,14 +44,14 @@ def _seconds(fn: Callable[[], object], repeats: int) -> list[float]:
 
 def _compare(ours: Callable[[], object], theirs: Callable[[], object],
              repeats: int) -> tuple[float, float]:
-    """Median seconds of (torch's, ours), interleaved in blocks of 5."""
-    a: list[float] = []
-    b: list[float] = []
+    """Median seconds of (ours, torch's), interleaved in blocks of 5."""
+    mine: list[float] = []
+    torchs: list[float] = []
     ours(), theirs()  # warm-up
     for _ in range(max(1, repeats // 5)):
-        a += _seconds(theirs, 5)
-        b += _seconds(ours, 5)
-    return statistics.median(a), statistics.median(b)
+        torchs += _seconds(theirs, 5)
+        mine += _seconds(ours, 5)
+    return statistics.median(mine), statistics.median(torchs)
 
 
 def _backward(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     for name, t in LENGTHS.items():
         cells = [f"{ours * 1e6:.1f}/{theirs * 1e6:.1f} {ours / theirs:.2f}x"
-                 for theirs, ours in _row(t, args, fast)]
+                 for ours, theirs in _row(t, args, fast)]
         print(f"{name:<20}{t:>4}  " + "  ".join(f"{c:>22}" for c in cells))
 
 
 def _row(t: int, args: argparse.Namespace, fast: Dropout) -> list[tuple[float, float]]:
-    """(torch's, ours) median seconds: dropout eval, dropout train, softmax eval, train."""
+    """(ours, torch's) median seconds: dropout eval, dropout train, softmax eval, train."""
     h = torch.randn(args.batch, t, 64)
     h_train = torch.randn(args.train_batch, t, 64, requires_grad=True)
     s = torch.randn(args.batch, 4, t, t)

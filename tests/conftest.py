@@ -54,3 +54,12 @@ def run_cli(tmp_path):
                               env=env, capture_output=True, text=True)
 
     return run
+
+
+@pytest.fixture
+def encoder_at_version_1(monkeypatch):
+    """The built-in encoder pinned at version 1, the version the stored legacy keys were
+    computed at (from version 2 on the default backbone enters every key)."""
+    from bayesbench.backbones import TransformerBackbone
+
+    monkeypatch.setattr(TransformerBackbone, "version", 1)

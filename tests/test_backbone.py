@@ -95,11 +95,10 @@ def test_transformer_backbone_builds_exactly_build_model(tmp_path):
 
 
 def test_default_backbone_at_version_1_leaves_every_stored_key_of_the_default_suite_unchanged(
-        monkeypatch):
+        encoder_at_version_1):
     """At version 1 the built-in encoder never entered a key: the default suite's run keys are
     those computed before backbones existed (formula without the field, and a few keys as
     stored by the code of that time)."""
-    monkeypatch.setattr(TransformerBackbone, "version", 1)
     cfg = load_config(REPO / "benchmarks.yaml")
     specs = expand(cfg) + expand(cfg, quick=True)
     assert all(s.backbone == UNHASHED_BACKBONE for s in specs)

@@ -120,7 +120,7 @@ def test_user_class_by_import_reference():
         parse(methods=["bayesbench.data.digits:Digits"])
 
 
-def test_code_versions_enter_keys_only_above_one(monkeypatch):
+def test_code_versions_enter_keys_only_above_one(monkeypatch, encoder_at_version_1):
     """Version 1 hashes exactly as before versions existed (stored runs keep their keys);
     raising a method's or dataset's version gives new keys, so stale results are not reused.
     (The built-in encoder is pinned at version 1 here; its version 2 enters every key.)"""
@@ -128,11 +128,9 @@ def test_code_versions_enter_keys_only_above_one(monkeypatch):
     import hashlib
     import json
 
-    from bayesbench.backbones import TransformerBackbone
     from bayesbench.data.digits import Digits
     from bayesbench.methods.map import MAP
 
-    monkeypatch.setattr(TransformerBackbone, "version", 1)
     base = expand(parse())[0]
     assert (base.method_version, base.dataset_version) == (1, 1)
     legacy = dataclasses.asdict(base)

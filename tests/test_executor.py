@@ -178,7 +178,7 @@ def test_describe_failure_bounds_huge_tracebacks():
 # --------------------------------------------------------------------------- config
 
 
-def test_the_executor_section_never_enters_a_run_key(monkeypatch):
+def test_the_executor_section_never_enters_a_run_key(encoder_at_version_1):
     """Stored results keep their keys: the default suite's keys are those before the executor
     section existed, whatever that section says (the built-in encoder pinned at version 1,
     the version those keys were computed at)."""
@@ -186,9 +186,6 @@ def test_the_executor_section_never_enters_a_run_key(monkeypatch):
 
     import yaml
 
-    from bayesbench.backbones import TransformerBackbone
-
-    monkeypatch.setattr(TransformerBackbone, "version", 1)
     suite = Path(__file__).resolve().parent.parent / "benchmarks.yaml"
     cfg = load_config(suite)
     raw = yaml.safe_load(suite.read_text())

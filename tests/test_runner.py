@@ -169,12 +169,10 @@ def test_device_resolution():
         resolve_device("tpu")
 
 
-def test_threads_and_device_enter_the_key_only_off_their_defaults(tmp_path, monkeypatch):
+def test_threads_and_device_enter_the_key_only_off_their_defaults(tmp_path,
+                                                                  encoder_at_version_1):
     """--threads changes metrics by ~1e-8: a 2-thread run must not pass for a 1-thread one.
     (The built-in encoder pinned at version 1, whose keys predate these fields.)"""
-    from bayesbench.backbones import TransformerBackbone
-
-    monkeypatch.setattr(TransformerBackbone, "version", 1)
     cfg = parse_config({**TINY, "methods": ["map"]})
     default, = expand(cfg, quick=True)
     assert (default.threads, default.device) == (1, "cpu")

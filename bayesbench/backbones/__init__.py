@@ -21,10 +21,15 @@ UNHASHED_BACKBONE: dict[str, Any] = {"name": "transformer", "params": {}}
 existed kept their keys. From version 2 on, the default backbone enters every key."""
 
 
+def backbone_spec(name: str, params: dict[str, Any], cls: type[Backbone]) -> dict[str, Any]:
+    """A run's ``{"name", "params"}``, with ``"version"`` once ``cls.version`` is above 1."""
+    version = int(getattr(cls, "version", 1))
+    return {"name": name, "params": params} | ({"version": version} if version > 1 else {})
+
+
 def default_backbone() -> dict[str, Any]:
     """The backbone of a run that names none: the built-in encoder at its current version."""
-    version = TransformerBackbone.version
-    return {"name": "transformer", "params": {}} | ({"version": version} if version > 1 else {})
+    return backbone_spec("transformer", {}, TransformerBackbone)
 
 
 
@@ -98,6 +103,6 @@ def support_matrix() -> list[tuple[str, str, dict[str, str | None]]]:
     return out
 
 
-__all__ = ["UNHASHED_BACKBONE", "default_backbone", "HOOKS", "Backbone", "Dimensions",
-           "TransformerBackbone", "make_backbone", "unsupported_reason",
+__all__ = ["UNHASHED_BACKBONE", "backbone_spec", "default_backbone", "HOOKS", "Backbone",
+           "Dimensions", "TransformerBackbone", "make_backbone", "unsupported_reason",
            "support_matrix", "unsupported_runs"]
