@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,18 +110,24 @@ def _indexed_splits(data: Any) -> list[dict]:
     return index["splits"]
 
 
-def _split_at(data: Any, i: int, entry: dict) -> SplitPredictions:
-    fields = {name: _widen(data[f"{i}.{name}"]) if f"{i}.{name}" in data.files else None
-              for name in _FIELDS}
-    return SplitPredictions(samples=int(entry["samples"]), **fields)
+def _split_at(data: Any, present: set[str], i: int, entry: dict, fields: Sequence[str]
+              ) -> SplitPredictions:
+    values = {name: _widen(data[f"{i}.{name}"]) if name in fields and f"{i}.{name}" in present
+              else None for name in _FIELDS}
+    return SplitPredictions(samples=int(entry["samples"]), **values)
 
 
-def decode(blob: bytes, wanted: Callable[[str], bool] | None = None
-           ) -> dict[str, SplitPredictions]:
-    """The inverse of :func:`encode`; with ``wanted``, only the splits whose name it accepts
-    (only their arrays are decompressed)."""
+def decode(blob: bytes, wanted: Callable[[str], bool] | None = None,
+           fields: Sequence[str] = _FIELDS) -> dict[str, SplitPredictions]:
+    """The inverse of :func:`encode`; with ``wanted``, only the splits whose name it accepts,
+    and of those only the arrays named in ``fields`` (the others are None): only those
+    arrays are decompressed."""
+    unknown = set(fields) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"no such stored field: {', '.join(sorted(unknown))}")
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        return {entry["split"]: _split_at(data, i, entry)
+        present = set(data.files)
+        return {entry["split"]: _split_at(data, present, i, entry, fields)
                 for i, entry in enumerate(_indexed_splits(data))
                 if wanted is None or wanted(entry["split"])}
 

@@ -4,6 +4,8 @@ metrics, and the report section from a real store."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -195,3 +197,95 @@ def test_a_degenerate_model_is_marked_and_not_counted():
     assert "| collapsed | **-0.200** ✓ † | 0/0/0 |" in md and "† not above chance" in md
     plain = "\n".join(example_tests_markdown(tests))
     assert "| collapsed | **-0.200** ✓ | 1/0/0 |" in plain and "†" not in plain
+
+
+def _frame_and_blobs(runs):
+    frame = pd.DataFrame([{"key": r.key, "label": r.label, "dataset": r.dataset,
+                           "seed": r.seed} for r in runs])
+    return frame, {r.key: r.predictions for r in runs}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_read_per_blob_gives_the_per_split_tests(runs, workers):
+    """all_example_tests (one decode per blob, in worker processes with workers=2) is the
+    test split's then the shifted sets' example_tests, each decoding on its own."""
+    from bayesbench.report.example_tests import all_example_tests, run_losses
+
+    frame, blobs = _frame_and_blobs(runs)
+    each = pd.concat([example_tests(frame, blobs, split=s) for s in ("test", SHIFTED)],
+                     ignore_index=True)
+    pd.testing.assert_frame_equal(all_example_tests(frame, blobs, workers=workers), each)
+    both = run_losses(runs[0].predictions)
+    for split in ("test", SHIFTED):
+        alone = split_losses(runs[0].predictions, split)
+        assert set(both[split]) == set(alone) == {"nll", "brier", "accuracy", "labels"}
+        for name in alone:
+            assert np.array_equal(both[split][name], alone[name])
+    assert all_example_tests(frame, blobs, reference=None).empty
+    assert all_example_tests(frame, {}).empty
+
+
+def test_decode_reads_only_the_fields_asked_for(runs):
+    blob = runs[1].predictions  # mc_dropout: S > 1, so expected_entropy is stored
+    full = decode(blob)["test"]
+    only = decode(blob, lambda s: s == "test", fields=("probs",))["test"]
+    assert full.expected_entropy is not None and only.expected_entropy is None
+    assert only.labels is None and np.array_equal(only.probs, full.probs)
+    assert only.samples == full.samples
+    with pytest.raises(ValueError, match="no such stored field: prob"):
+        decode(blob, fields=("prob",))
+
+
+def test_the_csv_reads_back_as_computed(tmp_path):
+    from bayesbench.report.example_tests import COLUMNS, read_example_tests
+
+    frame = pd.DataFrame([
+        {"label": "NA", "dataset": "1", "split": "test", "metric": "nll", "seeds": 2,
+         "n": 10, "diff": 0.1 + 0.2, "p": float("nan"), "p_holm": float("nan"),
+         "outcome": "untested"},
+        {"label": "mfvi", "dataset": "1", "split": SHIFTED, "metric": "brier", "seeds": 1,
+         "n": 7, "diff": -1e-17, "p": 1 / 3, "p_holm": 2 / 3, "outcome": "tie"}])[COLUMNS]
+    frame.to_csv(tmp_path / "e.csv", index=False)
+    pd.testing.assert_frame_equal(read_example_tests(tmp_path / "e.csv"), frame)
+    pd.DataFrame(columns=COLUMNS).to_csv(tmp_path / "empty.csv", index=False)
+    assert read_example_tests(tmp_path / "empty.csv").empty
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="columns"):
+        read_example_tests(tmp_path / "other.csv")
+
+
+def test_a_report_reads_current_tests_back_and_recomputes_changed_ones(tmp_path, runs,
+                                                                        monkeypatch):
+    """Writing the report again into its folder reads example_tests.csv back instead of
+    decompressing every run's predictions, with the same leaderboard; a changed blob, or an
+    edited CSV, is recomputed."""
+    import bayesbench.report.leaderboard as leaderboard
+
+    store = ResultStore(tmp_path / "s.sqlite")
+    for r in runs:
+        store.write(r)
+    out = tmp_path / "rep"
+    write_report(store, out, html=False)
+    md, csv = (out / "leaderboard.md").read_bytes(), (out / "example_tests.csv").read_bytes()
+    computed = []
+    real = leaderboard.all_example_tests
+    monkeypatch.setattr(leaderboard, "all_example_tests",
+                        lambda *a, **k: computed.append(1) or real(*a, **k))
+    write_report(store, out, html=False)
+    assert computed == []
+    assert (out / "leaderboard.md").read_bytes() == md
+    assert (out / "example_tests.csv").read_bytes() == csv
+    (out / "example_tests.csv").write_text("edited\n")
+    write_report(store, out, html=False)
+    assert computed == [1] and (out / "example_tests.csv").read_bytes() == csv
+    # another run of map on seed 1 (same examples, other predictions): tests recomputed
+    from bayesbench.predictions import SplitPredictions, encode
+
+    old = next(r for r in runs if r.label == "map" and r.seed == 1)
+    kept = decode(old.predictions)
+    kept["test"] = SplitPredictions(np.full_like(kept["test"].probs, 0.1),
+                                    labels=kept["test"].labels)
+    store.write(dataclasses.replace(old, predictions=encode(kept),
+                                    finished_at="2099-01-01T00:00:00+00:00"))
+    write_report(store, out, html=False)
+    assert computed == [1, 1] and (out / "example_tests.csv").read_bytes() != csv

@@ -35,8 +35,10 @@ summary answers that.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,7 +49,7 @@ from bayesbench.metrics.classification import (
     per_example_correct,
     per_example_nll,
 )
-from bayesbench.predictions import SplitPredictions, decode, decode_split
+from bayesbench.predictions import SplitPredictions, decode
 from bayesbench.report.aggregate import SHIFT_MEAN
 from bayesbench.report.files import markdown_table
 from bayesbench.report.stats import ALPHA, holm_by
@@ -104,14 +106,28 @@ def _losses(p: SplitPredictions) -> dict[str, np.ndarray]:
             "accuracy": per_example_correct(p.probs, p.labels)}
 
 
-def split_losses(blob: bytes, split: str) -> dict[str, np.ndarray] | None:
-    """Per-example losses (and ``labels``) of one stored split; for :data:`SHIFTED` each
-    example's mean over every shifted split, when they all hold the same examples (None
-    otherwise, or when the run kept no such split)."""
-    if split != SHIFTED:
-        p = decode_split(blob, split)
-        return None if p is None or p.labels is None else {**_losses(p), "labels": p.labels}
-    shifted = list(decode(blob, lambda name: parse_split(name)[0] == "shift").values())
+Losses = dict[str, np.ndarray]
+
+
+def _is_shifted(split: str) -> bool:
+    return parse_split(split)[0] == "shift"
+
+
+def run_losses(blob: bytes) -> dict[str, Losses | None]:
+    """Per-example losses (and ``labels``) of a run's stored predictions for both tested
+    splits, :data:`~bayesbench.results.TEST_SPLIT` and :data:`SHIFTED` (each example's mean
+    over every shifted split, when they all hold the same examples), None for a split the
+    run kept none of (or, for :data:`SHIFTED`, of other examples per split). One read of the
+    blob, which decompresses only those splits' probabilities and labels."""
+    kept = decode(blob, lambda name: name == TEST_SPLIT or _is_shifted(name),
+                  fields=("probs", "labels"))
+    test = kept.pop(TEST_SPLIT, None)
+    return {TEST_SPLIT: None if test is None or test.labels is None
+            else {**_losses(test), "labels": test.labels},
+            SHIFTED: _shifted_losses(list(kept.values()))}
+
+
+def _shifted_losses(shifted: list[SplitPredictions]) -> Losses | None:
     if not shifted or any(p.labels is None for p in shifted):
         return None
     labels = shifted[0].labels
@@ -121,22 +137,61 @@ def split_losses(blob: bytes, split: str) -> dict[str, np.ndarray] | None:
     return {**{m: np.mean([e[m] for e in each], axis=0) for m in each[0]}, "labels": labels}
 
 
+def split_losses(blob: bytes, split: str) -> Losses | None:
+    """One split of :func:`run_losses` (``split`` a stored split name or :data:`SHIFTED`);
+    decompresses only what that split needs."""
+    if split == SHIFTED:
+        return _shifted_losses(list(decode(blob, lambda name: _is_shifted(name),
+                                           fields=("probs", "labels")).values()))
+    p = decode(blob, lambda name: name == split, fields=("probs", "labels")).get(split)
+    return None if p is None or p.labels is None else {**_losses(p), "labels": p.labels}
+
+
+def losses_of(blobs: dict[str, bytes], workers: int | None = None
+              ) -> dict[str, dict[str, Losses | None]]:
+    """:func:`run_losses` of every blob (run key -> blob), in up to ``workers`` processes
+    (None: the usable cores; decompressing the blobs is most of a report's own work)."""
+    from bayesbench.report.render import fork_map
+
+    keys = list(blobs)
+    done = fork_map(run_losses, [blobs[k] for k in keys], workers,
+                    chunksize=max(1, len(keys) // 16))
+    return dict(zip(keys, done))
+
+
+def all_example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
+                      reference: str | None = "map", workers: int | None = None
+                      ) -> pd.DataFrame:
+    """:func:`example_tests` of the test split then the shifted sets, from one read of each
+    blob (:func:`losses_of`)."""
+    if reference is None or not blobs:
+        return pd.DataFrame(columns=COLUMNS)
+    losses = losses_of({k: b for k, b in blobs.items() if k in set(runs["key"])}, workers)
+    parts = [t for t in (example_tests(runs, blobs, reference, split, losses)
+                         for split in (TEST_SPLIT, SHIFTED)) if not t.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+
+
 def example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
-                  reference: str | None = "map", split: str = TEST_SPLIT) -> pd.DataFrame:
+                  reference: str | None = "map", split: str = TEST_SPLIT,
+                  losses: dict[str, dict[str, Losses | None]] | None = None) -> pd.DataFrame:
     """One row per (label, dataset, metric of :data:`EXAMPLE_METRICS`) tested against
     ``reference`` (module docstring). ``runs``: the report's selected runs (key, label,
-    dataset, seed); ``blobs``: run key -> stored predictions. Empty when no pair has
-    predictions or there is no reference."""
+    dataset, seed); ``blobs``: run key -> stored predictions; ``losses``: their
+    :func:`losses_of` where already computed. Empty when no pair has predictions or there
+    is no reference."""
     rows = []
     if reference is None:
         return pd.DataFrame(columns=COLUMNS)
     have = runs[runs["key"].isin(blobs)]
-    losses: dict[str, dict[str, np.ndarray] | None] = {}
+    computed: dict[str, Losses | None] = {}
 
     def of(key: str):
-        if key not in losses:
-            losses[key] = split_losses(blobs[key], split)
-        return losses[key]
+        if losses is not None and key in losses:
+            return losses[key][split]
+        if key not in computed:
+            computed[key] = split_losses(blobs[key], split)
+        return computed[key]
 
     for dataset, ds in have.groupby("dataset", sort=True):
         ref_keys = dict(zip(ds.loc[ds["label"] == reference, "seed"],
@@ -174,6 +229,41 @@ def example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
     out["outcome"] = np.where(out["p_holm"].isna(), "untested",
                               np.where(~significant, "tie", np.where(good, "win", "loss")))
     return out[COLUMNS]
+
+
+def example_tests_inputs(runs: pd.DataFrame, blobs: dict[str, bytes],
+                         reference: str | None) -> str:
+    """The input hash of :func:`all_example_tests` (:func:`bayesbench.report.render.
+    input_hash`): the reference, each selected run with predictions (key, label, dataset,
+    seed, the SHA-256 of its blob), the code the tests run (this module, the decoding, the
+    per-example losses, Holm's correction, the split names) and numpy, scipy and pandas.
+    Equal hashes, equal tests: a report folder holding them is not recomputed."""
+    from bayesbench.report.render import code_hash, input_hash
+
+    have = runs[runs["key"].isin(blobs)]
+    pairs = sorted((str(k), str(lab), str(d), int(seed), hashlib.sha256(blobs[k]).hexdigest())
+                   for k, lab, d, seed in have[["key", "label", "dataset", "seed"]]
+                   .itertuples(index=False))
+    code = [code_hash(f) for f in (decode, per_example_nll, holm_by, parse_split,
+                                   markdown_table)] + [SHIFT_MEAN]
+    return input_hash(all_example_tests, (reference, pairs, code),
+                      packages=("numpy", "scipy", "pandas"))
+
+
+_TEXT_COLUMNS = ["label", "dataset", "split", "metric", "outcome"]
+_NUMBER_COLUMNS = ["diff", "p", "p_holm"]
+
+
+def read_example_tests(path: str | Path) -> pd.DataFrame:
+    """An ``example_tests.csv`` read back as :func:`all_example_tests` returned it (names as
+    text even when they look like numbers, floats bit for bit); ValueError when its columns
+    are not :data:`COLUMNS`."""
+    frame = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=False,
+                        na_values={c: [""] for c in _NUMBER_COLUMNS},
+                        float_precision="round_trip")
+    if list(frame.columns) != COLUMNS:
+        raise ValueError(f"{path}: columns {list(frame.columns)}, not {COLUMNS}")
+    return frame
 
 
 def _cell(row: pd.Series, degenerate: bool) -> str:

@@ -12,6 +12,7 @@ report holds (:mod:`bayesbench.report.grid`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -29,8 +30,12 @@ from bayesbench.report.aggregate import (
     aggregate,
     extract_unique,
 )
-from bayesbench.report.example_tests import COLUMNS as EXAMPLE_COLUMNS
-from bayesbench.report.example_tests import SHIFTED, example_tests, example_tests_markdown
+from bayesbench.report.example_tests import (
+    all_example_tests,
+    example_tests_inputs,
+    example_tests_markdown,
+    read_example_tests,
+)
 from bayesbench.report.figures import cd_diagram_png, cost_quality_png, reliability_figure
 from bayesbench.report.files import (  # noqa: F401  (re-exported: the names callers import)
     MAX_NAME_PART,
@@ -46,6 +51,7 @@ from bayesbench.report.render import (
     FigureJob,
     frame_digest,
     input_hash,
+    is_current,
     recorded_hashes,
     render_figures,
     write_unless_current,
@@ -410,6 +416,23 @@ def _write_csv(out_dir: Path, name: str, frame: pd.DataFrame) -> Path:
     return write_unless_current(out_dir, name, inputs, lambda: frame.to_csv(index=False))[0]
 
 
+def _example_tests_csv(out_dir: Path, runs: pd.DataFrame, blobs: dict[str, bytes],
+                       reference: str | None, workers: int | None
+                       ) -> tuple[pd.DataFrame, Path]:
+    """The per-example tests and example_tests.csv: read back from the folder when it holds
+    them for the same inputs (:func:`example_tests_inputs`), else computed (decompressing
+    every run's predictions, the slow part of a report whose figures are current) and
+    written."""
+    name = "example_tests.csv"
+    inputs = example_tests_inputs(runs, blobs, reference)
+    if is_current(out_dir, name, inputs):
+        with contextlib.suppress(OSError, ValueError):
+            return read_example_tests(out_dir / name), out_dir / name
+    frame = all_example_tests(runs, blobs, reference, workers)
+    path, _ = write_unless_current(out_dir, name, inputs, lambda: frame.to_csv(index=False))
+    return frame, path
+
+
 def committed_note(path: Path, text: str, replacing: str | None = None) -> str | None:
     """A note when ``path`` is a leaderboard.md that git tracks and ``text`` would change it
     (``replacing``: the :func:`replacement_note`, said as part of it); None otherwise."""
@@ -494,14 +517,12 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
     tied = not_worse_than_best(agg_shown, values, MAIN_COLUMNS, exclude=set(degenerate))
     comparisons = summary.comparisons
     blobs = store.predictions_of(list(sel.runs["key"])) if summary.reference else {}
-    per_split = [t for t in (example_tests(sel.runs, blobs, summary.reference, split)
-                             for split in (TEST_SPLIT, SHIFTED)) if not t.empty]
-    per_example = pd.concat(per_split, ignore_index=True) if per_split \
-        else pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    per_example, example_csv = _example_tests_csv(out_dir, sel.runs, blobs, summary.reference,
+                                                  workers)
     written = [_write_csv(out_dir, "results.csv", results_frame(tidy, sel.runs)),
                _write_csv(out_dir, "summary.csv", tidy_summary(agg, complete)),
                _write_csv(out_dir, "comparisons.csv", comparisons),
-               _write_csv(out_dir, "example_tests.csv", per_example)]
+               example_csv]
     jobs = [FigureJob("cd_diagram.png", cd_diagram_png, (summary.rankings,))]
     if summary.reference is not None:
         ratio = agg_shown[agg_shown["metric"] == TRAIN_RATIO][["dataset", "label", "mean"]]

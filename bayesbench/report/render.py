@@ -142,7 +142,7 @@ def frame_digest(frame: pd.DataFrame) -> str:
 _CODE_HASHES: dict[str, str] = {}
 
 
-def _code_hash(draw: Callable[..., bytes]) -> str:
+def code_hash(draw: Callable[..., Any]) -> str:
     """SHA-256 of the source file that defines ``draw`` (cached per file)."""
     path = inspect.getsourcefile(draw) or ""
     if path not in _CODE_HASHES:
@@ -170,7 +170,7 @@ def input_hash(draw: Callable[..., Any], args: Sequence[Any], *,
     ``draw`` and the versions of ``packages`` (no import: a report whose figures are all
     current never loads matplotlib)."""
     h = hashlib.sha256()
-    _feed(h, (f"{draw.__module__}:{draw.__qualname__}", _code_hash(draw),
+    _feed(h, (f"{draw.__module__}:{draw.__qualname__}", code_hash(draw),
               [package_version(p) for p in packages]))
     _feed(h, tuple(args))
     return h.hexdigest()
@@ -214,18 +214,35 @@ def _parallel_workers(due: int, workers: int | None) -> int:
     return workers
 
 
-def _draw_all(jobs: Sequence[FigureJob], workers: int | None) -> list[bytes]:
-    n = _parallel_workers(len(jobs), workers)
+def fork_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None,
+             chunksize: int = 1) -> list[Any]:
+    """``[fn(item) for item in items]``, in up to ``workers`` forked processes (None: the
+    usable cores) where the module docstring allows it, else in this process; a pool that
+    cannot start or loses a worker leaves the work to this process. ``fn`` must be a
+    module-level function, pure: the result is the same either way. ``chunksize``: items
+    sent to a worker at once (more for many cheap items)."""
+    n = _parallel_workers(len(items), workers)
     if n > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        # a pool that cannot start or loses a worker leaves the drawing to this process
         with contextlib.suppress(OSError, ImportError, BrokenProcessPool):
             with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
-                return list(pool.map(_draw, jobs))
-    return [_draw(job) for job in jobs]
+                return list(pool.map(fn, items, chunksize=chunksize))
+    return [fn(item) for item in items]
+
+
+def _draw_all(jobs: Sequence[FigureJob], workers: int | None) -> list[bytes]:
+    return fork_map(_draw, jobs, workers)
+
+
+def is_current(out_dir: str | os.PathLike[str], name: str, inputs: str) -> bool:
+    """Whether the folder's :data:`MANIFEST` records ``out_dir / name`` as made from
+    ``inputs`` and the file still has the recorded bytes (what :func:`write_unless_current`
+    skips on)."""
+    out_dir = Path(out_dir)
+    return _is_current(out_dir / name, _read_manifest(out_dir).get(name), inputs)
 
 
 def render_figures(jobs: Sequence[FigureJob], out_dir: str | os.PathLike[str],
