@@ -115,8 +115,15 @@ def reliability_stats_png(dataset: str, stats_by_label: dict[str, Sequence[dict 
     labels = list(stats_by_label)
     ncols = min(4, max(1, len(labels)))
     nrows = math.ceil(max(1, len(labels)) / ncols)
-    fig = Figure(figsize=(3.2 * ncols, 3.3 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    width, height = max(3.2 * ncols, 5.0), 3.3 * nrows  # 5 in: room for the suptitle
+    fig = Figure(figsize=(width, height))
+    # explicit margins in inches (constrained layout was half of the drawing time): the
+    # y label and ticks on the left, x label and ticks below, the suptitle above, and
+    # between rows each panel's two-line title (inner tick labels are shared and hidden)
+    cell = (height - 0.55 - 0.75) / nrows
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True, gridspec_kw={
+        "left": 0.6 / width, "right": 1 - 0.1 / width, "bottom": 0.55 / height,
+        "top": 1 - 0.75 / height, "wspace": 0.1, "hspace": 0.5 / (cell - 0.5)})
     for ax in axes.flat[len(labels):]:
         ax.set_visible(False)
     for ax, label in zip(axes.flat, labels):
@@ -140,12 +147,15 @@ def reliability_stats_png(dataset: str, stats_by_label: dict[str, Sequence[dict 
         if pooled.skipped_runs:
             note += f", {pooled.skipped_runs} skipped"
         ax.set_title(f"{label}\n{note}", fontsize=9)
-    for ax in axes[-1]:
-        ax.set_xlabel("confidence")
+    for column in axes.T:  # the lowest drawn panel of each column (above an unused cell too)
+        lowest = [ax for ax in column if ax.get_visible()][-1]
+        lowest.set_xlabel("confidence")
+        lowest.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     axes.flat[0].legend(loc="upper left", fontsize=7)
-    fig.suptitle(f"Reliability on {dataset} (test split, pooled over seeds)", fontsize=10)
+    fig.suptitle(f"Reliability on {dataset} (test split, pooled over seeds)", fontsize=10,
+                 y=1 - 0.1 / height, va="top")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()

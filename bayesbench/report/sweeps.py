@@ -105,8 +105,16 @@ def sweep_png(dataset: str, group: str, summary: pd.DataFrame,
     from matplotlib.figure import Figure  # lazy import; Agg canvas
 
     params = sorted({k for swept in summary["swept"] for k in swept})
-    fig = Figure(figsize=(4.0 * len(SWEEP_METRICS), 3.2 * len(params)), layout="constrained")
-    axes = fig.subplots(len(params), len(SWEEP_METRICS), squeeze=False)
+    width, height = 4.0 * len(SWEEP_METRICS), 3.2 * len(params)
+    fig = Figure(figsize=(width, height))
+    # explicit margins in inches (constrained layout was half of the drawing time): tick
+    # labels and a y label left of every panel, tick labels and an x label below every
+    # row, the suptitle above
+    cell = (height - 0.55 - 0.4) / len(params)
+    axes = fig.subplots(len(params), len(SWEEP_METRICS), squeeze=False, gridspec_kw={
+        "left": 0.75 / width, "right": 1 - 0.15 / width, "bottom": 0.55 / height,
+        "top": 1 - 0.4 / height, "wspace": 0.9 / (width / len(SWEEP_METRICS) - 0.9),
+        "hspace": 0.65 / (cell - 0.65)})
     for i, param in enumerate(params):
         others = [p for p in params if p != param]
         rows = summary[summary["swept"].map(lambda s, p=param: p in s)]
