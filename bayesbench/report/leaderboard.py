@@ -479,7 +479,8 @@ def write_report(store: ResultStore | str | os.PathLike[str], out_dir: str | os.
     A figure whose inputs are unchanged since it was last written to the folder is not
     redrawn (:mod:`bayesbench.report.render`); the others are drawn in up to ``workers``
     processes (None: the usable cores). When ``rendered`` is a list, the names of the figures
-    drawn are appended to it.
+    drawn are appended to it. example_tests.csv is likewise read back when its inputs (the
+    runs' predictions, the code) are unchanged, else computed in up to ``workers`` processes.
 
     Every file reads one selection of runs (:func:`bayesbench.report.selection.
     select_store_runs`): one kind (``quick=None``: full runs when the store has any, else
