@@ -35,22 +35,19 @@ def _texts(fig):
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     renderer = canvas.get_renderer()
-    drawn = set()
-    for ax in fig.axes:  # the tick labels drawn: matplotlib keeps spare ones off the axis
-        if ax.get_visible():
-            for axis in (ax.xaxis, ax.yaxis):
-                drawn.update(t.label1 for t in axis._update_ticks())
-    hidden = {id(t) for ax in fig.axes if not ax.get_visible()
-              for t in ax.findobj(matplotlib.text.Text)}  # an unused grid cell: not drawn
+    skipped = set()  # ids of texts matplotlib does not draw
+    for ax in fig.axes:
+        if not ax.get_visible():  # an unused grid cell
+            skipped.update(id(t) for t in ax.findobj(matplotlib.text.Text))
+            continue
+        for axis in (ax.xaxis, ax.yaxis):  # spare tick labels off the axis
+            ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+            drawn = {id(t.label1) for t in axis._update_ticks()}
+            skipped.update(id(label) for t in ticks for label in (t.label1, t.label2)
+                           if id(label) not in drawn)
     out = []
     for text in fig.findobj(matplotlib.text.Text):
-        if id(text) in hidden:
-            continue
-        is_tick = any(text is t.label1 or text is t.label2 for ax in fig.axes
-                      for axis in (ax.xaxis, ax.yaxis)
-                      for t in axis.get_major_ticks() + axis.get_minor_ticks())
-        shown = text.get_visible() and text.get_text().strip()
-        if shown and (not is_tick or text in drawn):
+        if id(text) not in skipped and text.get_visible() and text.get_text().strip():
             out.append((text.get_text(), text.get_window_extent(renderer)))
     return out
 

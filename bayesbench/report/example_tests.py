@@ -52,6 +52,7 @@ from bayesbench.metrics.classification import (
 from bayesbench.predictions import SplitPredictions, decode
 from bayesbench.report.aggregate import SHIFT_MEAN
 from bayesbench.report.files import markdown_table
+from bayesbench.report.render import code_hash, fork_map, input_hash
 from bayesbench.report.stats import ALPHA, holm_by
 from bayesbench.results import TEST_SPLIT, parse_split
 
@@ -107,24 +108,15 @@ def _losses(p: SplitPredictions) -> dict[str, np.ndarray]:
 
 
 Losses = dict[str, np.ndarray]
+_LOSS_FIELDS = ("probs", "labels")  # all a loss needs: the rest of a blob stays compressed
 
 
 def _is_shifted(split: str) -> bool:
     return parse_split(split)[0] == "shift"
 
 
-def run_losses(blob: bytes) -> dict[str, Losses | None]:
-    """Per-example losses (and ``labels``) of a run's stored predictions for both tested
-    splits, :data:`~bayesbench.results.TEST_SPLIT` and :data:`SHIFTED` (each example's mean
-    over every shifted split, when they all hold the same examples), None for a split the
-    run kept none of (or, for :data:`SHIFTED`, of other examples per split). One read of the
-    blob, which decompresses only those splits' probabilities and labels."""
-    kept = decode(blob, lambda name: name == TEST_SPLIT or _is_shifted(name),
-                  fields=("probs", "labels"))
-    test = kept.pop(TEST_SPLIT, None)
-    return {TEST_SPLIT: None if test is None or test.labels is None
-            else {**_losses(test), "labels": test.labels},
-            SHIFTED: _shifted_losses(list(kept.values()))}
+def _split_losses(p: SplitPredictions | None) -> Losses | None:
+    return None if p is None or p.labels is None else {**_losses(p), "labels": p.labels}
 
 
 def _shifted_losses(shifted: list[SplitPredictions]) -> Losses | None:
@@ -137,22 +129,29 @@ def _shifted_losses(shifted: list[SplitPredictions]) -> Losses | None:
     return {**{m: np.mean([e[m] for e in each], axis=0) for m in each[0]}, "labels": labels}
 
 
+def run_losses(blob: bytes) -> dict[str, Losses | None]:
+    """Per-example losses (and ``labels``) of a run's stored predictions for both tested
+    splits, :data:`~bayesbench.results.TEST_SPLIT` and :data:`SHIFTED` (each example's mean
+    over every shifted split, when they all hold the same examples), None for a split the
+    run kept none of (or, for :data:`SHIFTED`, of other examples per split). One read of the
+    blob, which decompresses only those splits' probabilities and labels."""
+    kept = decode(blob, lambda name: name == TEST_SPLIT or _is_shifted(name), _LOSS_FIELDS)
+    test = kept.pop(TEST_SPLIT, None)
+    return {TEST_SPLIT: _split_losses(test), SHIFTED: _shifted_losses(list(kept.values()))}
+
+
 def split_losses(blob: bytes, split: str) -> Losses | None:
     """One split of :func:`run_losses` (``split`` a stored split name or :data:`SHIFTED`);
     decompresses only what that split needs."""
     if split == SHIFTED:
-        return _shifted_losses(list(decode(blob, lambda name: _is_shifted(name),
-                                           fields=("probs", "labels")).values()))
-    p = decode(blob, lambda name: name == split, fields=("probs", "labels")).get(split)
-    return None if p is None or p.labels is None else {**_losses(p), "labels": p.labels}
+        return _shifted_losses(list(decode(blob, _is_shifted, _LOSS_FIELDS).values()))
+    return _split_losses(decode(blob, lambda name: name == split, _LOSS_FIELDS).get(split))
 
 
 def losses_of(blobs: dict[str, bytes], workers: int | None = None
               ) -> dict[str, dict[str, Losses | None]]:
     """:func:`run_losses` of every blob (run key -> blob), in up to ``workers`` processes
     (None: the usable cores; decompressing the blobs is most of a report's own work)."""
-    from bayesbench.report.render import fork_map
-
     keys = list(blobs)
     done = fork_map(run_losses, [blobs[k] for k in keys], workers,
                     chunksize=max(1, len(keys) // 16))
@@ -166,7 +165,8 @@ def all_example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
     blob (:func:`losses_of`)."""
     if reference is None or not blobs:
         return pd.DataFrame(columns=COLUMNS)
-    losses = losses_of({k: b for k, b in blobs.items() if k in set(runs["key"])}, workers)
+    selected = set(runs["key"])
+    losses = losses_of({k: b for k, b in blobs.items() if k in selected}, workers)
     parts = [t for t in (example_tests(runs, blobs, reference, split, losses)
                          for split in (TEST_SPLIT, SHIFTED)) if not t.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
@@ -184,14 +184,12 @@ def example_tests(runs: pd.DataFrame, blobs: dict[str, bytes],
     if reference is None:
         return pd.DataFrame(columns=COLUMNS)
     have = runs[runs["key"].isin(blobs)]
-    computed: dict[str, Losses | None] = {}
+    cache = {key: by_split[split] for key, by_split in (losses or {}).items()}
 
     def of(key: str):
-        if losses is not None and key in losses:
-            return losses[key][split]
-        if key not in computed:
-            computed[key] = split_losses(blobs[key], split)
-        return computed[key]
+        if key not in cache:
+            cache[key] = split_losses(blobs[key], split)
+        return cache[key]
 
     for dataset, ds in have.groupby("dataset", sort=True):
         ref_keys = dict(zip(ds.loc[ds["label"] == reference, "seed"],
@@ -238,8 +236,6 @@ def example_tests_inputs(runs: pd.DataFrame, blobs: dict[str, bytes],
     seed, the SHA-256 of its blob), the code the tests run (this module, the decoding, the
     per-example losses, Holm's correction, the split names) and numpy, scipy and pandas.
     Equal hashes, equal tests: a report folder holding them is not recomputed."""
-    from bayesbench.report.render import code_hash, input_hash
-
     have = runs[runs["key"].isin(blobs)]
     pairs = sorted((str(k), str(lab), str(d), int(seed), hashlib.sha256(blobs[k]).hexdigest())
                    for k, lab, d, seed in have[["key", "label", "dataset", "seed"]]

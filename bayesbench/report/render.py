@@ -233,10 +233,6 @@ def fork_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None
     return [fn(item) for item in items]
 
 
-def _draw_all(jobs: Sequence[FigureJob], workers: int | None) -> list[bytes]:
-    return fork_map(_draw, jobs, workers)
-
-
 def is_current(out_dir: str | os.PathLike[str], name: str, inputs: str) -> bool:
     """Whether the folder's :data:`MANIFEST` records ``out_dir / name`` as made from
     ``inputs`` and the file still has the recorded bytes (what :func:`write_unless_current`
@@ -260,7 +256,7 @@ def render_figures(jobs: Sequence[FigureJob], out_dir: str | os.PathLike[str],
     hashes = [job.input_hash() for job in jobs]
     due = [i for i, (job, inputs) in enumerate(zip(jobs, hashes))
            if not _is_current(out_dir / job.name, manifest.get(job.name), inputs)]
-    pngs = _draw_all([jobs[i] for i in due], workers)
+    pngs = fork_map(_draw, [jobs[i] for i in due], workers)
     for i, data in zip(due, pngs):
         atomic_write(out_dir / jobs[i].name, data)
         manifest[jobs[i].name] = {"inputs": hashes[i],
