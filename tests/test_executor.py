@@ -405,3 +405,45 @@ def test_dask_capacity_counts_worker_processes_and_gpu_shares():
     (_, needs), = cuda.client.submitted
     assert needs == {GPU_RESOURCE: gpu_share(2)}
     assert cpu.client.submitted[0][1] is None  # CPU runs need no resource
+
+
+MALLOC_PROBE = textwrap.dedent("""
+    import resource, sys
+    import torch
+    from bayesbench.execution.dask_cluster import undo_nanny_malloc_trim
+
+    def faults_of_steps():
+        # a training step's worth of 4 MiB blocks, each allocated, written and freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(50):
+            torch.empty(2**20).fill_(1.0)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_steps()  # warm up torch
+    trimmed = faults_of_steps()
+    undone = undo_nanny_malloc_trim()
+    faults_of_steps()  # the heap grows once
+    print(trimmed, int(undone), faults_of_steps(), int(undo_nanny_malloc_trim()))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("value", ["65536", "1048576"])
+def test_a_dask_workers_malloc_trim_setting_is_undone_for_torch(value):
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which switches off
+    glibc's dynamic mmap threshold: every block over 128 KiB is mmapped afresh, and its pages
+    fault in at every allocation. The Dask task undoes that (once), and only Dask's value."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": value, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    trimmed, undone, after, again = map(int, out)
+    if value == "65536":
+        assert trimmed >= 50 * 512  # at least half of each block's 1024 pages fault in
+        assert (undone, again) == (1, 0)  # undone once per process
+        assert after < trimmed / 20
+    else:  # a value someone chose is theirs
+        assert (undone, again) == (0, 0)
+        assert after >= 50 * 512

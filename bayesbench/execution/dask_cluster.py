@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -83,6 +84,47 @@ def _task_cancelled(worker: Any) -> bool:
         return False
 
 
+DASK_MALLOC_TRIM_THRESHOLD = "65536"
+"""The ``MALLOC_TRIM_THRESHOLD_`` a Dask nanny gives its worker process by default
+(``distributed.nanny.pre-spawn-environ``)."""
+
+MMAP_THRESHOLD = 32 * 2**20
+"""The mmap threshold :func:`undo_nanny_malloc_trim` sets: glibc's ceiling for its own dynamic
+threshold on 64-bit, i.e. where the default settles once large blocks have been freed."""
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_malloc_checked = False
+
+
+def undo_nanny_malloc_trim() -> bool:
+    """Undo, in this process, what the nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` does to torch
+    on CPU; True when it did.
+
+    Setting any glibc malloc threshold switches off glibc's *dynamic* mmap threshold, so every
+    block over 128 KiB (most activations and gradients) is mmapped on allocation and unmapped
+    on free, and its pages fault in again at every step: training ran about 1.6x slower on a
+    Dask worker than in a local worker process (map on digits: 1.13 s against 0.68 s CPU for
+    2 epochs). Here the mmap threshold goes to :data:`MMAP_THRESHOLD` and the trim threshold
+    to twice that, where the default settles. Only Dask's own default value is undone (a
+    value a user set on purpose is kept), and only with glibc; once per process.
+    """
+    global _malloc_checked
+    if _malloc_checked:
+        return False
+    _malloc_checked = True
+    if (os.environ.get("MALLOC_TRIM_THRESHOLD_") != DASK_MALLOC_TRIM_THRESHOLD
+            or not sys.platform.startswith("linux")):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+
+
 class CodeMismatchError(RuntimeError):
     """A worker runs other bayesbench code than the driver: its results would be stored under
     keys the driver computed from its own code."""
@@ -115,6 +157,7 @@ def run_on_worker(spec: Any, device: str, threads: int, versions: dict[str, str]
     from distributed import get_worker
 
     worker = get_worker()
+    undo_nanny_malloc_trim()
     if code is not None:
         problem = code_mismatch(code, f"the Dask worker {worker.address}")
         if problem:
