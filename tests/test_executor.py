@@ -4,6 +4,8 @@ the Slurm job script."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -433,9 +435,6 @@ def test_a_dask_workers_malloc_trim_setting_is_undone_for_torch(value):
     """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which switches off
     glibc's dynamic mmap threshold: every block over 128 KiB is mmapped afresh, and its pages
     fault in at every allocation. The Dask task undoes that (once), and only Dask's value."""
-    import os
-    import subprocess
-
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": value, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", MALLOC_PROBE], env=env, capture_output=True,
                          text=True, timeout=300, check=True).stdout.split()
