@@ -11,7 +11,7 @@ Layout (all sections but ``datasets`` and ``methods`` optional)::
     model:      {d_model: 64, depth: 2, heads: 4, ...}      # ModelConfig
     training:   {epochs: 30, batch_size: 64, lr: 0.001, ...} # TrainingConfig
     evaluation: {ece_bins: 15, mc_samples: 16, batch_size: 512}
-    quick:      {epochs: 2, max_train: 512, max_eval: 256, mc_samples: 4}
+    quick:      {epochs: 2, max_train: 384, max_eval: 128, mc_samples: 4, severities: 2}
     datasets:
       - name: digits                 # registry name or 'package.module:Class'
         label: digits                # optional; defaults to name
@@ -71,11 +71,12 @@ class QuickConfig:
     """The --quick budget: every method on every dataset, tiny data and training, and only the
     first ``seeds`` base seeds (a smoke run checks that everything runs, not seed variance)."""
 
-    epochs: int = 4
+    epochs: int = 2
     max_train: int = 384
     max_eval: int = 128
     mc_samples: int = 4
     seeds: int = 1
+    severities: int = 2  # of each shift kind: the mildest and the strongest
 
 
 EXECUTOR_KINDS = ("local", "dask", "slurm")
@@ -196,6 +197,8 @@ FIELD_RULES: dict[type, dict[str, Range]] = {
         "max_eval": Range(1, MAX_EXAMPLES),
         "mc_samples": Range(1, MAX_MC_SAMPLES),
         "seeds": Range(1, 1000),
+        "severities": Range(1, 1000, note="of each shift kind, evenly spaced; 1 keeps the "
+                                           "strongest"),
     },
     ExecutorConfig: {
         "workers": Range(1, 4096),

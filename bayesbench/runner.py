@@ -127,7 +127,8 @@ def build_task(spec: RunSpec) -> Task:
     task = DatasetCache.default().build(DATASETS.get(spec.dataset), spec.dataset,
                                         spec.dataset_params, spec.seed)
     if spec.quick:
-        task = task.limited(spec.quick["max_train"], spec.quick["max_eval"], seed=spec.seed)
+        task = task.limited(spec.quick["max_train"], spec.quick["max_eval"], seed=spec.seed,
+                            severities=spec.quick.get("severities"))
     return task
 
 

@@ -119,9 +119,11 @@ class Task:
             out.extend(sev.values())
         return out
 
-    def limited(self, max_train: int | None, max_eval: int | None, seed: int = 0) -> Task:
+    def limited(self, max_train: int | None, max_eval: int | None, seed: int = 0,
+                severities: int | None = None) -> Task:
         """A smaller copy for quick runs: at most ``max_train`` training and ``max_eval``
-        examples in every evaluation split and OOD set."""
+        examples in every evaluation split and OOD set, and at most ``severities`` severities
+        of each shift kind (:func:`spread_severities`; None keeps them all)."""
 
         def cap_x(x: torch.Tensor) -> torch.Tensor:
             if max_eval is None or len(x) <= max_eval:
@@ -135,7 +137,8 @@ class Task:
             val=self.val.head(max_eval, seed),
             test=self.test.head(max_eval, seed),
             shifted={
-                k: {s: sp.head(max_eval, seed) for s, sp in sev.items()}
+                k: {s: sp.head(max_eval, seed)
+                    for s, sp in spread_severities(sev, severities).items()}
                 for k, sev in self.shifted.items()
             },
             ood={k: cap_x(x) for k, x in self.ood.items()},
@@ -151,6 +154,19 @@ class Task:
             "ood": {k: len(v) for k, v in self.ood.items()},
             "true_posterior": self.test.true_probs is not None,
         }
+
+
+def spread_severities(splits: dict[int, Split], keep: int | None) -> dict[int, Split]:
+    """At most ``keep`` of one shift kind's severities, evenly spaced from the mildest to the
+    strongest (``keep`` 1: the strongest alone, where a shift shows most), in order."""
+    ordered = sorted(splits)
+    if keep is None or keep >= len(ordered):
+        return dict(splits)
+    if keep == 1:
+        return {ordered[-1]: splits[ordered[-1]]}
+    last = len(ordered) - 1
+    chosen = sorted({ordered[round(i * last / (keep - 1))] for i in range(keep)})
+    return {s: splits[s] for s in chosen}
 
 
 def patch_size(image_shape: list[int], features: int) -> int:

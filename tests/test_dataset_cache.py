@@ -275,7 +275,7 @@ def test_build_task_of_a_run_loads_from_the_cache_and_then_cuts_it(monkeypatch, 
     assert len(_stored(DatasetCache(tmp_path / "c"))) == 1
     monkeypatch.setattr(MarkovChains, "build", lambda self, seed: pytest.fail("rebuilt"))
     assert_same_task(build_task(full), fresh)
-    assert_same_task(build_task(quick), fresh.limited(16, 8, seed=2))
+    assert_same_task(build_task(quick), fresh.limited(16, 8, seed=2, severities=2))
 
 
 def test_a_remembered_failure_is_said_until_the_task_is_stored(cache):

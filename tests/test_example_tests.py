@@ -37,7 +37,8 @@ TINY = {
     "seeds": [0, 1],
     "model": {"d_model": 16, "heads": 2, "depth": 1},
     "training": {"epochs": 1},
-    "quick": {"epochs": 1, "max_train": 96, "max_eval": 60, "mc_samples": 3, "seeds": 2},
+    "quick": {"epochs": 1, "max_train": 96, "max_eval": 60, "mc_samples": 3, "seeds": 2,
+              "severities": 5},
     "datasets": ["digits"],
     "methods": ["map", "mc_dropout", "temperature_scaling"],
 }

@@ -16,7 +16,8 @@ TINY = {
     "seeds": [0],
     "model": {"d_model": 16, "heads": 2, "depth": 1},
     "training": {"epochs": 1},
-    "quick": {"epochs": 1, "max_train": 128, "max_eval": 48, "mc_samples": 2, "seeds": 2},
+    "quick": {"epochs": 1, "max_train": 128, "max_eval": 48, "mc_samples": 2, "seeds": 2,
+              "severities": 5},
     "datasets": ["digits"],
 }
 
