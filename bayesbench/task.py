@@ -164,9 +164,8 @@ def spread_severities(splits: dict[int, Split], keep: int | None) -> dict[int, S
         return dict(splits)
     if keep == 1:
         return {ordered[-1]: splits[ordered[-1]]}
-    last = len(ordered) - 1
-    chosen = sorted({ordered[round(i * last / (keep - 1))] for i in range(keep)})
-    return {s: splits[s] for s in chosen}
+    step = (len(ordered) - 1) / (keep - 1)  # >= 1 here: the rounded positions are distinct
+    return {ordered[round(i * step)]: splits[ordered[round(i * step)]] for i in range(keep)}
 
 
 def patch_size(image_shape: list[int], features: int) -> int:
