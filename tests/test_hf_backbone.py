@@ -519,6 +519,45 @@ def test_a_vit_reads_an_image_task_as_its_pixels(digits_task, vit_dir):
     assert HFBackbone(vit_dir).hooks() >= {"rows", "linear_init", "dropout", "dropout_off"}
 
 
+def test_a_pretrained_vit_gets_its_image_processors_normalisation(digits_task, vit_dir,
+                                                                   tmp_path):
+    """A pretrained ViT saved with its image processor (preprocessor_config.json) receives
+    ``(pixel - image_mean) / image_std`` per channel, as that processor would give it; the
+    logits are the plain ViT's on those pixels. Without a processor the pixels stay as they are
+    (the test above), and random init never normalises."""
+    import shutil
+
+    from bayesbench.backbones.hf import image_normalisation
+
+    x = digits_task.test.x[:8]
+    raw = ImageEncoder(digits_task.image_shape, channels=1, size=8)(x)["pixel_values"]
+    with_processor = tmp_path / "vit"
+    shutil.copytree(vit_dir, with_processor)
+    assert image_normalisation(str(with_processor)) is None  # no preprocessor_config.json
+    processor = transformers.ViTImageProcessor(image_mean=[0.25], image_std=[0.5])
+    processor.save_pretrained(with_processor)
+    assert image_normalisation(str(with_processor)) == ([0.25], [0.5])
+
+    model = HFBackbone(str(with_processor)).build(digits_task, CFG).eval()
+    pixels = model.inputs(x)["pixel_values"]
+    assert torch.allclose(pixels, (raw - 0.25) / 0.5, atol=1e-7)
+    assert pixels.min() < 0  # [0, 1] pixels moved: the normalisation is really applied
+    plain = transformers.AutoModelForImageClassification.from_pretrained(with_processor).eval()
+    with torch.no_grad():
+        assert (model(x) - plain(pixel_values=pixels).logits).abs().max() <= 1e-6
+    random_init = HFBackbone(str(with_processor), pretrained=False).build(digits_task, CFG)
+    assert torch.equal(random_init.inputs(x)["pixel_values"], raw)
+
+    # a 3-channel model: a per-channel mean and std, the grey channel repeated first
+    three = ImageEncoder([1, 8, 8], channels=3, size=8, mean=[0.1, 0.2, 0.3],
+                         std=[0.5, 0.25, 0.125])(x)["pixel_values"]
+    for c, (m, s) in enumerate([(0.1, 0.5), (0.2, 0.25), (0.3, 0.125)]):
+        assert torch.allclose(three[:, c], (raw[:, 0] - m) / s, atol=1e-6)
+    # the processor switched off: no normalisation
+    transformers.ViTImageProcessor(do_normalize=False).save_pretrained(with_processor)
+    assert image_normalisation(str(with_processor)) is None
+
+
 @pytest.mark.parametrize("name, params", [
     ("map", {}), ("mc_dropout", {}), ("mfvi", {}), ("laplace", {}),
     ("dirichlet_attention", {}), ("sngp", {"num_inducing": 32, "spectral_roles": []}),

@@ -6,7 +6,9 @@ initialised from its config (``pretrained: false``; ``model`` may then also be a
 such as ``bert``, sized by ``config``). Token tasks for text models; image tasks
 (``Task.image_shape``, e.g. ``digits``) for image models such as ViT
 (``AutoModelForImageClassification``: the patches are put back into ``pixel_values``,
-:class:`ImageEncoder`; a random-init ViT takes the task's image size, channels and patch size).
+:class:`ImageEncoder`; a random-init ViT takes the task's image size, channels and patch size;
+a pretrained one gets the image resized, its channels repeated and its pixels normalised by the
+model's own image processor, ``AutoImageProcessor``, where the model has one).
 
 The classifier bayesbench sees (:class:`HFClassifier`) is the HF model with the last linear
 layer of its classification head taken out: ``features(x)`` is what that layer read (BERT:
@@ -256,14 +258,21 @@ def train_word_tokenizer(task: Task) -> Any:
 class ImageEncoder(nn.Module):
     """Patch sequences ``[B, T, C·p·p]`` of an image task -> the model's ``pixel_values``
     ``[B, C', S, S]``: the image put back together (:func:`~bayesbench.task.patches_to_pixels`),
-    its channels repeated when the model takes 3 and the task has 1, and resized (bilinear) to
-    the model's ``image_size`` when that differs (a pretrained ViT's 224). The pixel values
-    are the dataset's own: no image processor's normalisation."""
+    its channels repeated when the model takes 3 and the task has 1, resized (bilinear) to
+    the model's ``image_size`` when that differs (a pretrained ViT's 224), and, where ``mean``
+    and ``std`` are given (a pretrained model's image processor), normalised per channel as
+    that processor does: ``(pixel - mean) / std``. The task's pixels are taken to lie in
+    [0, 1] already, i.e. after the processor's own rescaling (``rescale_factor`` 1/255), which
+    is what bayesbench's image datasets hold."""
 
-    def __init__(self, image_shape: list[int], channels: int, size: int) -> None:
+    def __init__(self, image_shape: list[int], channels: int, size: int,
+                 mean: list[float] | None = None, std: list[float] | None = None) -> None:
         super().__init__()
         self.image_shape = list(image_shape)
         self.channels, self.size = channels, size
+        # plain tensors, not buffers: not parameters of the model (functional_call, vmap)
+        self.mean = None if mean is None else _per_channel(mean, channels)
+        self.std = None if std is None else _per_channel(std, channels)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         pixels = patches_to_pixels(x, self.image_shape)
@@ -272,7 +281,42 @@ class ImageEncoder(nn.Module):
         if pixels.shape[-2:] != (self.size, self.size):
             pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear",
                                    align_corners=False)
+        if self.mean is not None:
+            pixels = (pixels - self.mean.to(pixels)) / self.std.to(pixels)
         return {"pixel_values": pixels.contiguous()}
+
+
+def _per_channel(values: Any, channels: int) -> torch.Tensor:
+    """An image processor's mean or std (a number, or one per channel) as ``[1, C, 1, 1]``."""
+    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        t = t.expand(channels)
+    if t.numel() != channels:
+        raise BayesbenchError(f"hf backbone: the image processor's mean/std has {t.numel()} "
+                              f"values for a model of {channels} channels")
+    return t.reshape(1, channels, 1, 1).clone()
+
+
+def image_normalisation(model: str) -> tuple[list[float], list[float]] | None:
+    """``(image_mean, image_std)`` of a pretrained model's image processor
+    (``AutoImageProcessor.from_pretrained(model)``, i.e. its ``preprocessor_config.json``),
+    or None when it has none or does not normalise (``do_normalize: false``)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        with _quiet():
+            processor = AutoImageProcessor.from_pretrained(model)
+    except (OSError, ValueError):  # no preprocessor_config.json: the model's pixels as they are
+        return None
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if not getattr(processor, "do_normalize", True) or mean is None or std is None:
+        return None
+    return _floats(mean), _floats(std)
+
+
+def _floats(value: Any) -> list[float]:
+    """A number or a sequence of numbers as a list of floats."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
 
 
 # --------------------------------------------------------------------------- the classifier
@@ -344,7 +388,9 @@ class HFBackbone(Backbone):
 
     name = "hf"
     description = "a Hugging Face transformers encoder classifier (pip install 'bayesbench[hf]')"
-    version = 2  # 2: real-text tasks reach the tokenizers as their words (was w<id>)
+    version = 3
+    # 2: real-text tasks reach the tokenizers as their words (was w<id>); 3: a pretrained
+    # image model's pixels are normalised by its image processor's mean and std
 
     def __init__(self, model: str, pretrained: bool = True, train: str = "all",
                  config: dict | None = None) -> None:
@@ -490,8 +536,10 @@ class HFBackbone(Backbone):
     def _encoder(self, task: Task, tokenizer: Any, hf: nn.Module) -> nn.Module:
         if tokenizer is None:  # an image task
             cfg = hf.config
+            norm = image_normalisation(self.model) if self.pretrained else None
             return ImageEncoder(task.image_shape, int(getattr(cfg, "num_channels", 3)),
-                                int(getattr(cfg, "image_size", task.image_shape[1])))
+                                int(getattr(cfg, "image_size", task.image_shape[1])),
+                                *(norm or (None, None)))
         words = task_words(task)
         unknown = [tokenizer.unk_token_id] if tokenizer.unk_token_id is not None else []
         if self.pretrained:  # the model's own (subword) tokenizer reads each word
