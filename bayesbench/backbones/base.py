@@ -2,7 +2,9 @@
 
 A backbone builds, for a task, a classifier ``model`` with
 
-- ``model(x) -> logits [B, C]`` for a batch of the task's inputs ``x``,
+- ``model(x) -> logits [B, C]`` for a batch of the task's inputs ``x`` (a tensor, or named
+  tensors, a :class:`~bayesbench.task.TensorBatch`, where the task has them: ``input_ids``,
+  ``attention_mask``, ...; a backbone gets the batch as it is),
 - ``model.features(x) -> [B, D]``: the pooled representation the head reads,
 - ``model.head``: the module mapping features to logits (``head(features(x)) == model(x)``),
 

@@ -23,6 +23,14 @@ random-init model gets a word-level tokenizer trained with ``tokenizers`` on the
 split (offline; ids unseen in training become ``[UNK]``). Each sequence becomes
 ``[CLS] tokens [SEP]``; a task's padding (``Task.padding_id``) becomes the attention mask.
 
+Named inputs. A token task whose inputs are named tensors (:class:`~bayesbench.task.TensorBatch`:
+``input_ids``, ``attention_mask``, ``token_type_ids``, ... from the user's own tokenizer) has
+tokenized already, and with this model's tokenizer: each batch goes to the model as its
+keyword inputs, unchanged (no words, no tokenizer here, no ``[CLS]``/``[SEP]`` added; the ids
+must be the model's). A name the model's ``forward`` does not take is refused when the model is
+built; a pretrained model refuses ids beyond its vocabulary, and a random-init one is sized to
+hold them (``vocab_size``, ``max_position_embeddings``).
+
 Hooks. Attention rows go through transformers' own attention-function registry:
 :data:`ATTENTION_NAME` is registered with ``AttentionInterface`` (and the eager padding mask
 with ``AttentionMaskInterface``), so every model that calls the standard attention interface
@@ -61,7 +69,7 @@ from bayesbench.backbones.base import (
 )
 from bayesbench.errors import BayesbenchError, ConfigError
 from bayesbench.models import ModelConfig
-from bayesbench.task import Task, patch_size, patches_to_pixels
+from bayesbench.task import Inputs, Task, TensorBatch, patch_size, patches_to_pixels
 
 INSTALL = "pip install 'bayesbench[hf]'"
 ATTENTION_NAME = "bayesbench_rows"
@@ -252,6 +260,21 @@ def train_word_tokenizer(task: Task) -> Any:
                                    cls_token="[CLS]", sep_token="[SEP]")
 
 
+class NamedInputs(nn.Module):
+    """Named inputs (:class:`~bayesbench.task.TensorBatch`) of a task tokenized with the
+    model's own tokenizer -> the model's keyword inputs, the same tensors (module docstring)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__()
+        self.keys = list(keys)
+
+    def forward(self, x: Inputs) -> dict[str, torch.Tensor]:
+        if not isinstance(x, TensorBatch):
+            raise BayesbenchError(f"hf backbone: this model reads named inputs "
+                                  f"({', '.join(self.keys)}), not one {type(x).__name__}")
+        return dict(x)
+
+
 # --------------------------------------------------------------------------- images
 
 
@@ -347,15 +370,15 @@ class HFClassifier(nn.Module):
         self.tokenizer = tokenizer
         self.attention_modules = attention_modules  # a plain list: not registered twice
 
-    def inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def inputs(self, x: Inputs) -> dict[str, torch.Tensor]:
         """The HF model's keyword inputs for a batch of the task's inputs (token ids
-        ``[B, T]``, or an image task's patches ``[B, T, F]``)."""
+        ``[B, T]``, named inputs as they are, or an image task's patches ``[B, T, F]``)."""
         return self.encoder(x)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: Inputs) -> torch.Tensor:
         return self.hf(**self.inputs(x)).logits
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Inputs) -> torch.Tensor:
         return self.head(self.features(x))
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -453,6 +476,11 @@ class HFBackbone(Backbone):
             cfg.num_channels, cfg.image_size = task.image_shape[0], task.image_shape[1]
             if "patch_size" not in self.config:  # the dataset's patches, unless configured
                 cfg.patch_size = patch_size(task.image_shape, task.feature_dim)
+        elif not self.pretrained and task.has_named_inputs:  # the dataset's own model ids
+            if task.vocab_size and task.vocab_size > cfg.vocab_size:
+                cfg.vocab_size = task.vocab_size
+            if getattr(cfg, "max_position_embeddings", task.num_tokens) < task.num_tokens:
+                cfg.max_position_embeddings = task.num_tokens
         elif not self.pretrained:
             if vocab_size is not None:
                 cfg.vocab_size = vocab_size
@@ -479,15 +507,16 @@ class HFBackbone(Backbone):
         image = task.is_image
         auto = AutoModelForImageClassification if image else AutoModelForSequenceClassification
         tokenizer = None
+        words = not image and not task.has_named_inputs  # named inputs are tokenized already
         try:
             with _quiet():
                 if self.pretrained:
-                    if not image:
+                    if words:
                         tokenizer = AutoTokenizer.from_pretrained(self.model)
                     model = auto.from_pretrained(self.model, config=self._hf_config(task),
                                                  ignore_mismatched_sizes=True)
                 else:
-                    if not image:
+                    if words:
                         tokenizer = train_word_tokenizer(task)
                     model = auto.from_config(self._hf_config(
                         task, vocab_size=None if tokenizer is None else len(tokenizer)))
@@ -534,6 +563,8 @@ class HFBackbone(Backbone):
         return model
 
     def _encoder(self, task: Task, tokenizer: Any, hf: nn.Module) -> nn.Module:
+        if task.has_named_inputs:
+            return self._named_inputs(task, hf)
         if tokenizer is None:  # an image task
             cfg = hf.config
             norm = image_normalisation(self.model) if self.pretrained else None
@@ -561,6 +592,30 @@ class HFBackbone(Backbone):
                                   f"tokens; the model takes at most {max_length - 2}")
         return encoder
 
+    def _named_inputs(self, task: Task, hf: nn.Module) -> NamedInputs:
+        """The encoder of a task with named inputs, once they are known to fit the model."""
+        import inspect
+
+        accepted = [n for n, p in inspect.signature(hf.forward).parameters.items()
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "labels"]
+        for key in task.train.x:
+            if key not in accepted:
+                raise BayesbenchError(
+                    f"hf backbone: task '{task.name}' has the named input {key!r}, which "
+                    f"{type(hf).__name__} does not take (it takes {', '.join(accepted)}); "
+                    "leave it out of the dataset's inputs or use a model that reads it")
+        vocab = getattr(hf.config, "vocab_size", None)
+        if vocab is not None and task.vocab_size and task.vocab_size > vocab:
+            raise BayesbenchError(
+                f"hf backbone: task '{task.name}' has token ids up to {task.vocab_size - 1} but "
+                f"{self.model!r} has a vocabulary of {vocab}; named inputs must be ids of the "
+                "model's own tokenizer")
+        positions = getattr(hf.config, "max_position_embeddings", None)
+        if positions is not None and task.num_tokens > positions:
+            raise BayesbenchError(f"hf backbone: task '{task.name}' has sequences of "
+                                  f"{task.num_tokens} tokens; the model takes at most {positions}")
+        return NamedInputs(list(task.train.x))
+
     @staticmethod
     def _discover_attention(hf: nn.Module, encoder: nn.Module, task: Task) -> list[nn.Module]:
         """The attention modules in call order: one eval-mode pass on a short sequence with
@@ -574,7 +629,9 @@ class HFBackbone(Backbone):
         try:
             with torch.no_grad():
                 x = task.train.x[:1]
-                hf(**encoder(x if x.ndim == 3 else x[:, : min(4, x.shape[1])]))
+                if isinstance(x, torch.Tensor) and x.ndim == 2:  # token ids: a short start
+                    x = x[:, : min(4, x.shape[1])]
+                hf(**encoder(x))
             found = list(dict.fromkeys(_recording))
         finally:
             _recording = None

@@ -18,6 +18,13 @@ class Dataset(ABC):
 
     ``version``: raise it whenever a code change alters the tensors ``build`` returns for the
     same parameters and seed; it is part of every run's key (see :class:`Method`).
+
+    Inputs: one tensor per split, or, for a ``tokens`` task, named tensors as a tokenizer
+    returns them (a dict of ``input_ids``, ``attention_mask``, ...: a
+    :class:`~bayesbench.task.TensorBatch`), the same names in every split and OOD set. The
+    :class:`Task` checks them when it is made; a dataset of your own whose inputs could be
+    bad may call ``self.build(0)`` in :meth:`check`, so that they stop ``bayesbench run``
+    (exit 2) before anything runs.
     """
 
     name: ClassVar[str]

@@ -166,7 +166,7 @@ class NotCacheable(Exception):
 def _encode(value: Any) -> Any:
     import torch
 
-    from bayesbench.task import Split
+    from bayesbench.task import Split, TensorBatch
 
     if isinstance(value, torch.Tensor):
         if type(value) is not torch.Tensor or value.requires_grad:
@@ -175,6 +175,8 @@ def _encode(value: Any) -> Any:
     if type(value) is Split:
         return {"__split__": {f.name: _encode(getattr(value, f.name))
                               for f in dataclasses.fields(Split)}}
+    if type(value) is TensorBatch:  # named inputs
+        return {"__inputs__": {k: _encode(v) for k, v in value.items()}}
     if isinstance(value, dict) and all(type(k) in (str, int) for k in value):
         return {k: _encode(v) for k, v in value.items()}
     if type(value) is list:
@@ -185,11 +187,13 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(value: Any) -> Any:
-    from bayesbench.task import Split
+    from bayesbench.task import Split, TensorBatch
 
     if isinstance(value, dict):
         if set(value) == {"__split__"}:
             return Split(**{k: _decode(v) for k, v in value["__split__"].items()})
+        if set(value) == {"__inputs__"}:
+            return TensorBatch(value["__inputs__"])
         return {k: _decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from bayesbench.backbones import Backbone, TransformerBackbone
 from bayesbench.models import ModelConfig
-from bayesbench.task import Split, Task
+from bayesbench.task import Inputs, Split, Task
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,10 +62,10 @@ class FitContext:
     backbone: Backbone = field(default_factory=TransformerBackbone)  # builds the model
 
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
 
 
-def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross_entropy_loss(model: nn.Module, x: Inputs, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
@@ -95,7 +95,8 @@ def train_classifier(
     """Minibatch training; returns the mean loss of each epoch.
 
     Shuffling uses a generator seeded from ``ctx.seed``, so a run is reproducible. The whole
-    split is moved to the device once (the datasets here are small). Raises
+    split is moved to the device once (the datasets here are small); named inputs
+    (:class:`~bayesbench.task.TensorBatch`) are indexed and moved like one tensor. Raises
     :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
     """
     model.to(ctx.device)
@@ -139,12 +140,14 @@ def train_classifier(
 
 @torch.no_grad()
 def predict_batched(
-    sample_fn: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
+    sample_fn: Callable[[Inputs], torch.Tensor],
+    x: Inputs,
     batch_size: int,
     device: torch.device,
 ) -> torch.Tensor:
-    """Apply ``sample_fn(x_batch) -> [S, B, C]`` over batches; returns ``[S, N, C]`` on CPU."""
+    """Apply ``sample_fn(x_batch) -> [S, B, C]`` over batches; returns ``[S, N, C]`` on CPU.
+    ``x``: a tensor ``[N, ...]`` or named inputs (:class:`~bayesbench.task.TensorBatch`),
+    cut into batches of ``batch_size`` rows alike."""
     parts = [sample_fn(xb.to(device)).float().cpu() for xb in x.split(batch_size)]
     return torch.cat(parts, dim=1)
 
@@ -193,8 +196,9 @@ class Method(ABC):
         """Train on ``task.train``; post-hoc steps may use ``task.val`` (never the test set)."""
 
     @abstractmethod
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``[S, N, C]`` for inputs ``x [N, ...]`` (on CPU)."""
+    def predict(self, x: Inputs) -> torch.Tensor:
+        """Class probabilities ``[S, N, C]`` for inputs ``x [N, ...]`` (on CPU): a tensor, or
+        named tensors (:class:`~bayesbench.task.TensorBatch`) for a task that has them."""
 
     @abstractmethod
     def num_parameters(self) -> int:

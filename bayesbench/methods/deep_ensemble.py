@@ -19,7 +19,7 @@ from bayesbench.methods.base import (
     make_optimizer,
 )
 from bayesbench.methods.map import MAP
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task, TensorBatch
 
 
 class DeepEnsemble(Method):
@@ -84,8 +84,13 @@ class DeepEnsemble(Method):
         # map's optimizer over the stacked tensors (not wrapped: Parameter() would copy leaves)
         optimizer = make_optimizer(SimpleNamespace(parameters=lambda: leaves),  # type: ignore
                                    ctx.training)
-        forward = vmap(lambda p, b, xb: functional_call(shell, (p, b), (xb,)),
-                       randomness="different")
+
+        def member_logits(p: dict, b: dict, xb: torch.Tensor | dict) -> torch.Tensor:
+            # vmap maps over tensors and dicts of them: named inputs travel as a plain dict
+            xb = TensorBatch(xb) if isinstance(xb, dict) else xb
+            return functional_call(shell, (p, b), (xb,))
+
+        forward = vmap(member_logits, randomness="different")
         x, y = task.train.x.to(ctx.device), task.train.y.to(ctx.device)
         n, bs, clip = len(y), ctx.training.batch_size, ctx.training.grad_clip
         gens = [torch.Generator().manual_seed(c.seed) for c in contexts]
@@ -95,7 +100,9 @@ class DeepEnsemble(Method):
             total = 0.0
             orders = torch.stack([torch.randperm(n, generator=g) for g in gens])  # [M, n]
             for idx in orders.to(ctx.device).split(bs, dim=1):  # [M, B]
-                logits = forward(params, buffers, x[idx])  # [M, B, C]
+                xb = x[idx]
+                logits = forward(params, buffers,  # [M, B, C]
+                                 dict(xb) if isinstance(xb, TensorBatch) else xb)
                 losses = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(),
                                          reduction="none").view(idx.shape).mean(1)
                 if not torch.isfinite(losses).all():
@@ -121,7 +128,7 @@ class DeepEnsemble(Method):
                     p.copy_(params[name][m])
                 model.eval()
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         return torch.cat([net.predict(x) for net in self.networks], dim=0)
 
     def num_parameters(self) -> int:

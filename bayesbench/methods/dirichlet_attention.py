@@ -81,7 +81,7 @@ from bayesbench.methods.base import (
     train_classifier,
 )
 from bayesbench.models import SoftmaxRows, TransformerClassifier
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task
 
 SAMPLERS = ("marsaglia_tsang", "torch")
 """``marsaglia_tsang``: our vectorized normalised-Gamma sampler (:func:`sample_dirichlet`);
@@ -638,13 +638,13 @@ class VariationalAttentionMethod(Method):
         self.rows = [m for m in self.model.modules() if isinstance(m, LatentAttentionRows)]
         train_classifier(self.model, task.train, ctx, loss_fn=self.loss)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, model: nn.Module, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         """Minibatch negative ELBO per example (module docstring)."""
         nll = F.cross_entropy(model(x), y)
         kl = torch.stack([r.pop_kl() for r in self.rows]).sum()
         return nll + self.kl_weight * kl / len(y)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         """``[S, N, C]``: S sampled passes (S = 1 at the mean rows when deterministic).
 
         The sampling noise is seeded from the fit's seed, so a call is reproducible.

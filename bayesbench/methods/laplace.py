@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from bayesbench.backbones import Backbone
 from bayesbench.methods.base import FitContext, Method, predict_batched
 from bayesbench.methods.map import MAP
-from bayesbench.task import Split, Task
+from bayesbench.task import Inputs, Split, Task
 
 HESSIAN_STRUCTURES = ("diag", "kron", "full")
 LINKS = ("probit", "mc")
@@ -338,7 +338,7 @@ class Laplace(MAP):
         head = self.model.head  # type: ignore[union-attr]
         return torch.cat([head.weight, head.bias[:, None]], dim=1).double().cpu()  # [C, D]
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: Inputs) -> torch.Tensor:
         assert self.model is not None and self.ctx is not None, "call fit() first"
         self.model.eval()
         return predict_batched(lambda xb: self.model.features(xb)[None], x,
@@ -364,7 +364,7 @@ class Laplace(MAP):
         return {"prior_precision": float(self.ggn.prior_precision),
                 "log_evidence": self.log_evidence, "posterior_seconds": self.posterior_seconds}
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         assert self.ggn is not None and self.model is not None and self.ctx is not None, \
             "call fit() first"
         theta = self._head_weights()
@@ -372,7 +372,7 @@ class Laplace(MAP):
         s = self.samples or self.ctx.evaluation.mc_samples
         self.model.eval()
 
-        def sample_fn(xb: torch.Tensor) -> torch.Tensor:
+        def sample_fn(xb: Inputs) -> torch.Tensor:
             phi = augment(self.model.features(xb).double().cpu())  # type: ignore[union-attr]
             mean, cov = phi @ theta.T, self.ggn.function_covariance(phi)  # type: ignore
             if self.link == "probit":

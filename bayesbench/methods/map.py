@@ -12,7 +12,7 @@ from bayesbench.methods.base import (
     train_classifier,
 )
 from bayesbench.models import TransformerClassifier
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task
 
 
 class MAP(Method):
@@ -32,7 +32,7 @@ class MAP(Method):
         self.model = ctx.backbone.build(task, ctx.model)
         train_classifier(self.model, task.train, ctx)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: Inputs) -> torch.Tensor:
         """Logits ``[N, C]`` of the trained network in eval mode."""
         assert self.model is not None and self.ctx is not None, "call fit() first"
         self.model.eval()
@@ -40,7 +40,7 @@ class MAP(Method):
             lambda xb: self.model(xb)[None], x, self.ctx.evaluation.batch_size, self.ctx.device
         )[0]
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         return self.logits(x).softmax(-1)[None]
 
     def num_parameters(self) -> int:

@@ -9,7 +9,7 @@ import torch
 from bayesbench.backbones import Backbone
 from bayesbench.methods.base import FitContext, predict_batched, reusing_input_prefix
 from bayesbench.methods.map import MAP
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task
 
 
 class MCDropout(MAP):
@@ -48,7 +48,7 @@ class MCDropout(MAP):
             ctx = dataclasses.replace(ctx, model=model_cfg)
         super().fit(task, ctx)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         assert self.model is not None and self.ctx is not None, "call fit() first"
         s = self.samples or self.ctx.evaluation.mc_samples
         self.ctx.backbone.enable_dropout(self.model)

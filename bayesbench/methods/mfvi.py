@@ -49,7 +49,7 @@ from bayesbench.methods.base import (
 from bayesbench.methods.bayesian_linear import ESTIMATORS, BayesianLinear
 from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier
 from bayesbench.priors import make_prior
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task
 
 
 def _dropout_hook(hooks: frozenset[str]) -> str:
@@ -186,7 +186,7 @@ class MFVI(Method):
         """The factor of KL in the per-example loss: kl_weight * temperature / N_train."""
         return self.kl_weight * self.temperature / num_train
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_train: int
+    def loss(self, model: nn.Module, x: Inputs, y: torch.Tensor, num_train: int
              ) -> torch.Tensor:
         """Mean minibatch NLL + kl_weight * temperature * KL / N_train (module docstring)."""
         nll = F.cross_entropy(model(x), y)
@@ -213,7 +213,7 @@ class MFVI(Method):
             loss_fn=lambda model, x, y: self.loss(model, x, y, n),
         )
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         assert self.model is not None and self.ctx is not None, "call fit() first"
         s = self.samples or self.ctx.evaluation.mc_samples
         layers = self.bayesian_layers()

@@ -51,7 +51,7 @@ from bayesbench.methods.base import (
     train_classifier,
 )
 from bayesbench.models import TransformerClassifier
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task
 
 PriorGrad = Callable[[torch.Tensor], torch.Tensor]
 """θ -> −∇ log p(θ), elementwise (same shape)."""
@@ -271,7 +271,7 @@ class SGHMC(Method):
         train_classifier(self.model, task.train, no_clip, optimizer=opt,
                          on_step_end=on_step_end, phase="sghmc")
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         assert self.model is not None and self.ctx is not None and self.weight_samples, \
             "call fit() first"
         self.model.eval()

@@ -63,7 +63,7 @@ from bayesbench.methods.base import (
     train_classifier,
 )
 from bayesbench.models import LINEAR_SUBSETS, TransformerClassifier
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task
 
 ENCODER_ROLES = ("attention.qkv", "attention.out", "mlp.in", "mlp.out")
 """Linear roles that may be spectrally normalized (the head is the GP layer instead)."""
@@ -394,26 +394,26 @@ class SNGP(Method):
                 self.model.features(xb) for xb in x.split(ctx.evaluation.batch_size)
             )
 
-    def predictive(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predictive(self, x: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean logits ``[N, C]`` and logit variance ``[N]`` (on CPU)."""
         assert self.model is not None and self.ctx is not None, "call fit() first"
         self.model.eval()
 
-        def stacked(xb: torch.Tensor) -> torch.Tensor:  # [1, B, C + 1]: logits, then variance
+        def stacked(xb: Inputs) -> torch.Tensor:  # [1, B, C + 1]: logits, then variance
             logits, var = self.head.predictive(self.model.features(xb))  # type: ignore[union-attr]
             return torch.cat([logits, var.unsqueeze(-1)], dim=-1)[None]
 
         out = predict_batched(stacked, x, self.ctx.evaluation.batch_size, self.ctx.device)
         return out[0, :, :-1], out[0, :, -1]
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         assert self.model is not None and self.ctx is not None, "call fit() first"
         self.model.eval()
         s = self.samples or self.ctx.evaluation.mc_samples
         # a fresh generator per call: predict(x) is a function of x and the seed
         gen = torch.Generator(device=self.ctx.device).manual_seed(self.ctx.seed)
 
-        def sample(xb: torch.Tensor) -> torch.Tensor:
+        def sample(xb: Inputs) -> torch.Tensor:
             logits, var = self.head.predictive(self.model.features(xb))  # type: ignore[union-attr]
             if self.link == "mean_field":
                 return mean_field_probs(logits, var, self.mean_field_factor)[None]

@@ -37,7 +37,7 @@ from torch.func import functional_call
 
 from bayesbench.methods.base import FitContext, make_optimizer, predict_batched, train_classifier
 from bayesbench.methods.map import MAP
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task
 
 TAIL_OPTIMIZERS = ("sgd", "adamw")
 
@@ -204,7 +204,7 @@ class SWAG(MAP):
             offset += p.numel()
         return out
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         assert self.model is not None and self.ctx is not None and \
             self.weight_samples is not None, "call fit() first"
         self.model.eval()

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from bayesbench.methods.base import FitContext
 from bayesbench.methods.map import MAP
-from bayesbench.task import Task
+from bayesbench.task import Inputs, Task
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
@@ -45,7 +45,7 @@ class TemperatureScaling(MAP):
         super().fit(task, ctx)
         self.temperature = fit_temperature(self.logits(task.val.x), task.val.y, self.max_iter)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Inputs) -> torch.Tensor:
         return (self.logits(x) / self.temperature).softmax(-1)[None]
 
     def num_parameters(self) -> int:

@@ -22,6 +22,14 @@ the forward pass stays free of data-dependent branches (``torch.func.vmap`` runs
 vectorized ensemble does). Without ``padding_id`` the forward pass is exactly the unmasked one
 (the same operations, bit for bit).
 
+Named inputs. A token task's inputs may be named tensors (:class:`~bayesbench.task.TensorBatch`,
+e.g. from the user's own tokenizer): the model reads ``input_ids`` as the tokens and, where
+the batch has one, ``attention_mask`` (1 = real token, 0 = padding) as the padding mask, the
+same mask path as ``padding_id``'s (without ``attention_mask``, ``padding_id`` decides as for
+a tensor); other names (``token_type_ids``, ...) are not read. Here too masking depends on the
+batch's keys, not its values, and with an all-ones ``attention_mask`` the logits are those of
+the plain ``input_ids`` tensor, bit for bit (checked for CLS and mean pooling).
+
 A rows module takes the mask only if it says so (``supports_padding = True``; its forward then
 gets ``padding``, bool ``[B, 1, 1, T]``, True at padded keys): :class:`SoftmaxRows`, the
 Dirichlet rows and the BAM rows do (the latter two leave padded keys and padded queries out of
@@ -40,7 +48,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bayesbench.task import Task
+from bayesbench.errors import DataError
+from bayesbench.task import MAIN_INPUT, Inputs, Task, TensorBatch
 
 LINEAR_ROLES = ("attention.qkv", "attention.out", "mlp.in", "mlp.out", "head")
 """Roles of the linear layers, in the order they appear in a block (head last)."""
@@ -299,13 +308,28 @@ class TransformerClassifier(nn.Module):
         self.num_classes = num_classes
         self._prefix_cache: dict | None = None  # see reusing_input_prefix
 
-    def padding_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+    def padding_mask(self, x: Inputs) -> torch.Tensor | None:
         """Bool ``[B, 1 + T]`` (CLS first, never padded), True at padding tokens; None when the
         task declares no padding (then the forward pass is the unmasked one)."""
+        return self.read_inputs(x)[1]
+
+    def read_inputs(self, x: Inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(tokens, padding)``: the tensor the embedding reads and :meth:`padding_mask`'s
+        mask. Named inputs (module docstring): ``input_ids``, padded where ``attention_mask``
+        is 0 (where the batch has one, else at ``padding_id``)."""
+        if isinstance(x, TensorBatch):
+            if MAIN_INPUT not in x:
+                raise DataError(f"the built-in encoder reads named inputs by {MAIN_INPUT!r}, "
+                                f"which this batch lacks (its keys: {', '.join(map(repr, x))})")
+            tokens, mask = x[MAIN_INPUT], x.get("attention_mask")
+            if mask is not None:
+                padded = mask == 0
+                return tokens, torch.cat([padded.new_zeros(padded.shape[0], 1), padded], dim=1)
+            x = tokens
         if self.padding_id is None:
-            return None
+            return x, None
         padded = x == self.padding_id
-        return torch.cat([padded.new_zeros(padded.shape[0], 1), padded], dim=1)
+        return x, torch.cat([padded.new_zeros(padded.shape[0], 1), padded], dim=1)
 
     @contextlib.contextmanager
     def reusing_input_prefix(self) -> Iterator[None]:
@@ -334,8 +358,8 @@ class TransformerClassifier(nn.Module):
         cache.update(x=x, version=x._version, h=h, projected=projected)
         return h, projected
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        padding = self.padding_mask(x)
+    def features(self, x: Inputs) -> torch.Tensor:
+        x, padding = self.read_inputs(x)
         h, projected = self._embedded(x)
         for i, block in enumerate(self.blocks):
             if i == 0 and projected is not None:
@@ -351,7 +375,7 @@ class TransformerClassifier(nn.Module):
         kept = (~padding[:, 1:]).unsqueeze(-1).to(h.dtype)  # [B, T, 1]
         return (h[:, 1:] * kept).sum(dim=1) / kept.sum(dim=1).clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Inputs) -> torch.Tensor:
         return self.head(self.features(x))
 
 
