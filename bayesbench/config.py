@@ -102,6 +102,7 @@ class SlurmConfig:
     interface: str | None = None  # network interface of scheduler and workers, e.g. ib0
     log_directory: str | None = None  # Slurm's job output files
     local_directory: str | None = None  # workers' scratch space
+    squeue_interval: float = 30.0  # s between squeue checks for jobs that died at start
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ FIELD_RULES: dict[type, dict[str, Range]] = {
         "processes": Range(0, 4096, note="0: gpus × runs_per_gpu, or one per core"),
         "gpus": Range(0, 64),
         "jobs": Range(1, 100_000),
+        "squeue_interval": Range(0, 86_400, low_open=True),
     },
 }
 """The rule of every numeric setting of each config section; the same rules apply to the

@@ -22,8 +22,11 @@ and no GPU gets more runs than that.
 Faults: a worker that dies mid-run (killed, out of memory, its Slurm job ended) makes Dask
 reschedule the run on another worker; after ``max_tries`` deaths the run is stored failed with
 the reason (Dask's ``allowed-failures`` on clusters bayesbench starts, and the driver's own
-count of the run's starts on any cluster). Progress events travel as Dask worker events
-(``Worker.log_event``) on a topic of this driver's own.
+count of the run's starts on any cluster). Slurm jobs that die before any of their workers
+connect are noticed by a :class:`~bayesbench.execution.slurm.SlurmJobWatch` (``squeue`` every
+``executor.slurm.squeue_interval`` s): each is warned about, and when none is left the grid
+stops with exit 2. Progress events travel as Dask worker events (``Worker.log_event``) on a
+topic of this driver's own.
 """
 
 from __future__ import annotations
@@ -245,14 +248,15 @@ def connect(address: str, timeout: float) -> Any:
 
 class DaskExecutor(Executor):
     """Submits each run as a task through ``client``; ``cluster`` (when bayesbench started it)
-    is closed with the executor."""
+    is closed with the executor. ``job_watch`` (Slurm only) notices worker jobs that die at
+    start while the executor waits."""
 
     def __init__(self, client: Any, *, device: str, threads: int, versions: dict[str, str],
                  commit: str | None, on_event: EventSink, max_tries: int = 3,
                  runs_per_gpu: int = 1, cluster: Any = None, expected_slots: int = 1,
                  connect_timeout: float = 30.0, driver_id: str = "",
-                 description: str = "") -> None:
-        self.client, self.cluster = client, cluster
+                 description: str = "", job_watch: Any = None) -> None:
+        self.client, self.cluster, self.job_watch = client, cluster, job_watch
         self.device, self.threads, self.versions, self.commit = device, threads, versions, commit
         self.max_tries, self.runs_per_gpu = max_tries, runs_per_gpu
         self.expected_slots, self.connect_timeout = max(1, expected_slots), connect_timeout
@@ -284,13 +288,14 @@ class DaskExecutor(Executor):
                       runs_per_gpu=config.runs_per_gpu, connect_timeout=config.connect_timeout,
                       driver_id=driver_id)
         if config.kind == "slurm":
-            from bayesbench.execution.slurm import start_slurm_cluster
+            from bayesbench.execution.slurm import SlurmJobWatch, start_slurm_cluster
 
             cluster, slots = start_slurm_cluster(config, device=device, threads=threads)
             client = _client_of(distributed, cluster, config.connect_timeout)
             per_job = slots // max(1, config.slurm.jobs)
             return cls(client, cluster=cluster, expected_slots=slots, description=(
-                f"Slurm: {config.slurm.jobs} job(s) of {per_job} worker process(es)"), **common)
+                f"Slurm: {config.slurm.jobs} job(s) of {per_job} worker process(es)"),
+                job_watch=SlurmJobWatch.for_cluster(cluster, config), **common)
         if config.scheduler:
             client = connect(config.scheduler, config.connect_timeout)
             executor = cls(client, **common)
@@ -354,6 +359,8 @@ class DaskExecutor(Executor):
             workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         except Exception:
             return self._slots
+        if self.job_watch is not None:  # a job whose workers connected did not fail at start
+            self.job_watch.saw_workers(w.get("name") for w in workers.values())
         total = 0
         for w in workers.values():
             if self._resources is not None:
@@ -409,6 +416,7 @@ class DaskExecutor(Executor):
             if done or not self._futures or time.monotonic() >= deadline:
                 return done
             self._check_connection()
+            self._watch_jobs()
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def drain(self) -> list[Finished]:
@@ -468,6 +476,25 @@ class DaskExecutor(Executor):
         with contextlib.suppress(Exception):
             exc.__traceback__ = future.traceback(timeout=5)
         return describe_failure(exc)
+
+    def _watch_jobs(self) -> None:
+        """Let the job watch (Slurm) list the queue when it is due; it raises ExecutorError
+        when every job is gone without a worker left."""
+        if self.job_watch is None or not self.job_watch.due or self.client.status != "running":
+            return
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # the scheduler is away: _check_connection decides
+            return
+        try:
+            self.job_watch.check([w.get("name") for w in workers.values()])
+        except ExecutorError:
+            raise
+        except Exception as exc:  # a fault of the watch itself must not end a long grid
+            self.job_watch = None
+            logging.getLogger("bayesbench").warning(
+                "the watch of the Slurm jobs failed (%r) and is off for this grid: jobs that "
+                "die at start are no longer noticed", exc)
 
     def _check_connection(self) -> None:
         if self.client.status == "running":
