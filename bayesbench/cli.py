@@ -307,16 +307,27 @@ def _print_summary(results: list, skipped: int) -> None:
 
 
 def _write_report(store, out_dir: Path, quick: bool | None, baseline: Path | None,
-                  config: Path | None = None) -> None:
+                  config: Path | None = None, plan=None) -> None:
+    """Write the report; with ``plan`` (its inputs' fingerprint, taken before the store was
+    read: :mod:`bayesbench.report_plan`), remember it for the next report into ``out_dir``."""
     from bayesbench.report import write_baseline, write_report
 
     notes: list[str] = []
     paths = write_report(store, out_dir, quick=quick, notes=notes, config=config)
-    for note in notes:
-        out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+    if plan is not None:
+        from bayesbench import report_plan
+
+        report_plan.remember(out_dir, plan, paths, notes)
+    _print_report(notes, [])
     if baseline is not None:
         write_baseline(store, baseline, quick=quick)
         paths.append(baseline)
+    _print_report([], paths)
+
+
+def _print_report(notes, paths) -> None:
+    for note in notes:
+        out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     for p in paths:
         out.print(f"wrote {p}")
 
@@ -344,20 +355,35 @@ def report(
 
     The report says at the top how many runs of the configured grid (quick or full) it
     holds, e.g. "15 of 228 runs", and a note says so when it replaces a committed report.
-    Figures, CSVs and report.html whose inputs are unchanged are not rewritten.
+    Figures, CSVs and report.html whose inputs are unchanged are not rewritten; when nothing
+    it reads changed since the folder's last report, nothing is (set
+    BAYESBENCH_REPORT_FAST=0 to write it all the same).
     """
-    from bayesbench.report.leaderboard import check_output_file, check_output_folder
-    from bayesbench.store import ResultStore
+    from bayesbench import report_plan
 
     if config is None:
         config = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
     elif not config.is_file():
         raise ConfigError(f"--config {config}: no such file; give the benchmarks.yaml the "
                           "runs were made from, or leave --config out")
+    # a folder holding the report of exactly these inputs is answered without pandas
+    plan = None
+    if write_baseline is None and (out_dir / report_plan.MANIFEST).is_file():
+        plan = report_plan.lookup(store, out_dir, quick, config)
+        if plan.remembered is not None:
+            _print_report(plan.remembered.notes, plan.remembered.paths)
+            return
+
+    from bayesbench.report.leaderboard import check_output_file, check_output_folder
+    from bayesbench.store import ResultStore
+
     check_output_folder(out_dir, "--out")  # both before any report file is written
     if write_baseline is not None:
         check_output_file(write_baseline, "--write-baseline")
-    _write_report(ResultStore.open_existing(store), out_dir, quick, write_baseline, config)
+    if plan is None:  # the inputs' fingerprint is taken before the report reads the store
+        plan = report_plan.lookup(store, out_dir, quick, config)
+    _write_report(ResultStore.open_existing(store), out_dir, quick, write_baseline, config,
+                  plan=plan)
 
 
 @app.command()

@@ -8,7 +8,10 @@ this checkout) it measures, interleaved so that a change in the machine's load h
 - ``bayesbench run --quick --workers 2`` on an empty store (dataset cache empty: what a first
   run waits), then the same on another empty store with the dataset cache filled;
 - the same command again with nothing to train (the no-op rerun);
-- ``bayesbench report`` of those quick runs;
+- ``bayesbench report`` of those quick runs: into an empty folder, then again with its
+  inputs unchanged (answered from the folder's record, :mod:`bayesbench.report_plan`), and
+  again with ``BAYESBENCH_REPORT_FAST=0`` (the ordinary path: what a report whose inputs
+  changed a little costs, and all a tree without the record does);
 - ``bayesbench list``;
 - training time × map of chosen methods (``benchmarks/method_speed.py`` of each tree).
 
@@ -43,14 +46,15 @@ class Tree:
     cache: Path
     seconds: dict[str, list[float]] = field(default_factory=dict)
 
-    def env(self, cache: Path | None = None) -> dict[str, str]:
+    def env(self, cache: Path | None = None, **extra: str) -> dict[str, str]:
         return dict(os.environ, PYTHONPATH=str(self.root), OMP_NUM_THREADS="1",
-                    BAYESBENCH_CACHE=str(cache or self.cache), COLUMNS="120")
+                    BAYESBENCH_CACHE=str(cache or self.cache), COLUMNS="120", **extra)
 
-    def timed(self, what: str, args: list[str], cache: Path | None = None) -> float:
+    def timed(self, what: str, args: list[str], cache: Path | None = None,
+              **extra: str) -> float:
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, *args], cwd=self.work, env=self.env(cache),
-                             capture_output=True, text=True)
+        res = subprocess.run([sys.executable, *args], cwd=self.work,
+                             env=self.env(cache, **extra), capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         if res.returncode != 0:
             raise SystemExit(f"{self.name}: {' '.join(args)} failed ({res.returncode}):\n"
@@ -58,8 +62,9 @@ class Tree:
         self.seconds.setdefault(what, []).append(seconds)
         return seconds
 
-    def bayesbench(self, what: str, *args: str, cache: Path | None = None) -> float:
-        return self.timed(what, ["-m", "bayesbench", *args], cache)
+    def bayesbench(self, what: str, *args: str, cache: Path | None = None,
+                   **extra: str) -> float:
+        return self.timed(what, ["-m", "bayesbench", *args], cache, **extra)
 
 
 def _worktree(ref: str, where: Path) -> Path:
@@ -92,7 +97,9 @@ GOALS = {
     "quick suite, empty cache": "≤ 60 s",
     "quick suite, warm cache": "≤ 60 s",
     "no-op rerun": "≤ 1.5 s",
-    "report of the quick runs": "≤ 3 s",
+    "report of the quick runs, empty folder": "",
+    "report of the quick runs, unchanged inputs": "≤ 3 s",
+    "report of the quick runs, written again": "",
     "bayesbench list": "≈ 1 s",
 }
 TRAIN_GOALS = {"dirichlet_attention": "≤ 1.25", "mfvi": "≤ 1.3", "sngp": "≤ 1.15"}
@@ -129,12 +136,17 @@ def main() -> None:
                 tree.bayesbench("quick suite, empty cache", *quick, "--store", "cold.sqlite")
             for tree in trees:
                 tree.bayesbench("quick suite, warm cache", *quick, "--store", "warm.sqlite")
+            report = ["report", "--store", "warm.sqlite", "--out", "report"]
+            for tree in trees:
+                tree.bayesbench("report of the quick runs, empty folder", *report)
             for _ in range(args.repeats):
                 for tree in trees:
                     tree.bayesbench("no-op rerun", *quick, "--store", "warm.sqlite")
                 for tree in trees:
-                    tree.bayesbench("report of the quick runs", "report", "--store",
-                                    "warm.sqlite", "--out", "report")
+                    tree.bayesbench("report of the quick runs, unchanged inputs", *report)
+                for tree in trees:
+                    tree.bayesbench("report of the quick runs, written again", *report,
+                                    BAYESBENCH_REPORT_FAST="0")
         for _ in range(args.repeats):
             for tree in trees:
                 tree.bayesbench("bayesbench list", "list")
