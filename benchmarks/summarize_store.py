@@ -1,7 +1,9 @@
 """Print compact leaderboards from a results store: quality and training-time ratio to map.
 
 Usage: python benchmarks/summarize_store.py [STORE] [--datasets a,b] [--metrics m1,m2]
-The ratio column divides each run's train_seconds by map's on the same dataset and seed,
+                                           [--quick | --full]
+Full runs when the store has any, else quick runs (as `bayesbench report` picks). The ratio
+column divides each run's train_seconds by map's on the same dataset and seed,
 measured in the same `bayesbench run` (so both saw the same machine load).
 """
 
@@ -20,8 +22,13 @@ def main() -> None:
     ap.add_argument("store", nargs="?", default="results/bayesbench.sqlite")
     ap.add_argument("--datasets", default=None)
     ap.add_argument("--metrics", default="accuracy,nll,ece,kl_true")
+    kind = ap.add_mutually_exclusive_group()
+    kind.add_argument("--quick", dest="quick", action="store_true", default=None)
+    kind.add_argument("--full", dest="quick", action="store_false")
     args = ap.parse_args()
-    tidy, _ = select_runs(ResultStore.open_existing(args.store).metrics_frame(), quick=False)
+    tidy, quick = select_runs(ResultStore.open_existing(args.store).metrics_frame(),
+                              quick=args.quick)
+    print(f"{'quick' if quick else 'full'} runs of {args.store}")
     if args.datasets:
         tidy = tidy[tidy["dataset"].isin(args.datasets.split(","))]
     wanted = args.metrics.split(",")
@@ -31,8 +38,12 @@ def main() -> None:
     ood = tidy[tidy["split"].str.startswith("ood/") & (tidy["metric"] == "auroc_entropy")]
     ood = ood.groupby(["dataset", "label", "seed"])["value"].mean().rename("ood_auroc_ent")
     cost = tidy[tidy["metric"] == "train_seconds"].set_index(["dataset", "label", "seed"])["value"]
-    base = cost.xs("map", level="label")
-    ratio = (cost / base.reindex(cost.index.droplevel("label")).to_numpy()).rename("time_vs_map")
+    if "map" in set(cost.index.get_level_values("label")):
+        base = cost.xs("map", level="label").reindex(cost.index.droplevel("label")).to_numpy()
+    else:  # no map run among these: no ratio to show
+        print("no `map` run among them: the time_vs_map column is empty")
+        base = float("nan")
+    ratio = (cost / base).rename("time_vs_map")
     per_run = test.pivot_table(index=["dataset", "label", "seed"], columns="metric",
                                values="value")
     per_run = per_run.join([shift, ood, ratio])
