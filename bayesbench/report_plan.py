@@ -69,8 +69,8 @@ drops it whenever it rewrites the manifest)."""
 SWITCH = "BAYESBENCH_REPORT_FAST"
 """Environment variable: ``0`` turns the remembered report off (every report is written)."""
 GRID_RECORD = ".bayesbench-grid.json"
-"""The folder's record of the last grid it resolved (:data:`bayesbench.report.grid.
-GRID_RECORD`, the same file)."""
+"""The folder's record of the last grid it resolved (written by
+:func:`bayesbench.report.grid.configured_keys`, read by :func:`recorded_grid_keys`)."""
 _RECORD_VERSION = 1
 _TABLES_NOT_READ = frozenset({"claims", "plans"})
 
@@ -177,9 +177,9 @@ def _json_list(text: object) -> list | None:
     return value if isinstance(value, list) else None
 
 
-def _recorded_grid_keys(out_dir: Path, grid_fp: str) -> list | None:
-    """The keys the folder's :data:`GRID_RECORD` holds under ``grid_fp`` (as
-    :func:`bayesbench.report.grid.configured_keys` reads them)."""
+def recorded_grid_keys(out_dir: Path, grid_fp: str) -> list | None:
+    """The keys the folder's :data:`GRID_RECORD` holds under ``grid_fp`` (None: no record
+    of that grid); :func:`bayesbench.report.grid.configured_keys` reads them here too."""
     try:
         data = json.loads((out_dir / GRID_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -225,7 +225,7 @@ def _inputs(store: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     h.update(b"\0config\0" + config_bytes)
     keys = state.plan_keys.get(kind)
     if keys is None:
-        keys = _recorded_grid_keys(out_dir, grid_fps[kind])
+        keys = recorded_grid_keys(out_dir, grid_fps[kind])
     return h.hexdigest(), grid_fps[kind], keys
 
 
@@ -325,7 +325,7 @@ def remember(out_dir: str | os.PathLike[str], plan: ReportPlan, paths: list[Path
     fp = plan.fingerprint
     if fp is None and plan.pending is not None:
         digest, grid_fp = plan.pending
-        keys = _recorded_grid_keys(out_dir, grid_fp)
+        keys = recorded_grid_keys(out_dir, grid_fp)
         fp = _with_grid(digest, keys) if keys is not None else None
     data = _read_manifest(out_dir)
     if fp is None or data is None:

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bayesbench.report.files import atomic_write
-
-GRID_RECORD = ".bayesbench-grid.json"
+from bayesbench.report_plan import GRID_RECORD, recorded_grid_keys
 
 
 @dataclass(frozen=True)
@@ -78,17 +77,6 @@ def _plan_keys(store_path: Path, fingerprint: str) -> list[str] | None:
     return keys if isinstance(keys, list) else None
 
 
-def _recorded_keys(out_dir: Path, fingerprint: str) -> list[str] | None:
-    try:
-        data = json.loads((out_dir / GRID_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
-        return None
-    keys = data.get("keys")
-    return keys if isinstance(keys, list) else None
-
-
 def _resolve_keys(config_path: Path, quick: bool) -> list[str]:
     """Run keys of the grid ``bayesbench run [--quick]`` would train from ``config_path``."""
     from bayesbench.backbones import unsupported_runs
@@ -112,7 +100,7 @@ def configured_keys(config_path: str | os.PathLike[str], quick: bool,
     if fingerprint is not None:
         keys = _plan_keys(Path(store_path), fingerprint)
         if keys is None:
-            keys = _recorded_keys(out_dir, fingerprint)
+            keys = recorded_grid_keys(out_dir, fingerprint)
         if keys is not None:
             return [str(k) for k in keys]
     keys = _resolve_keys(config_path, quick)
