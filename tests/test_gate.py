@@ -56,7 +56,7 @@ def test_baseline_holds_gated_metrics_on_summary_splits_only(baseline):
     frame = load_baseline(baseline)
     assert list(pd.read_csv(baseline).columns) == [
         "method", "dataset", "split", "metric", "value", "higher_is_better", "tolerance",
-        "quick", "seeds", "ece_bins", "config_hash", "seed_values"]
+        "quick", "seeds", "ece_bins", "config_hash", "seed_values", "cpu"]
     assert set(frame["split"]) == {"test", "shift_mean", "ood_mean"}
     assert all(METRICS[m].gated for m in frame["metric"])
     assert "mean_entropy" not in set(frame["metric"])
@@ -196,10 +196,10 @@ def test_baseline_records_kind_seeds_binning_and_settings(store, baseline, tmp_p
     assert set(raw["ece_bins"]) == {"5"} and set(raw["config_hash"]) == {"cfg123"}
     line = next(x for x in baseline.read_text().splitlines() if x.startswith("map,toy,test,ece,"))
     assert line.split(",")[5:] == ["False", "0.02", "False", "0 1 2", "5", "cfg123",
-                                   "0.1 0.1 0.1"]
+                                   "0.1 0.1 0.1", ""]  # the fake runs record no CPU
     acc = next(x for x in baseline.read_text().splitlines()
                if x.startswith("map,toy,test,accuracy,"))
-    assert [float(v) for v in acc.split(",")[-1].split()] == [0.90, 0.91, 0.92]
+    assert [float(v) for v in acc.split(",")[-2].split()] == [0.90, 0.91, 0.92]
     frame = load_baseline(baseline)
     assert frame["seeds"].iloc[0] == (0, 1, 2) and frame["quick"].iloc[0] is False
     quick = _store(tmp_path / "q.sqlite", [_run("map", 0, 0.9, quick=True)])
@@ -489,3 +489,41 @@ def test_cli_names_each_failing_row_with_difference_and_p_value(tmp_path, run_cl
     res = run_cli("check", "--baseline", str(base), "--store", str(noisy.path))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "~" in res.stdout and "within seed noise" in res.stdout
+
+
+def _on_cpu(run, cpu):
+    return dataclasses.replace(run, versions={**run.versions, "cpu": cpu})
+
+
+def test_the_baseline_records_its_cpu_and_another_cpu_is_gated_with_a_note(tmp_path):
+    """The baseline keeps the CPU model(s) its runs recorded (names with spaces and commas
+    round-trip); runs checked on another CPU type are gated all the same, with a note that
+    says why values may move and what to do; the same CPU, or a baseline that records none,
+    gives no note."""
+    xeon, epyc = "Intel(R) Xeon(R) Platinum 8481C, 2 cores", "AMD EPYC 9B14"
+    runs = [_run("map", s, 0.9 + 0.01 * s) for s in range(3)]
+    written = _store(tmp_path / "a.sqlite", [_on_cpu(r, xeon) for r in runs])
+    path = write_baseline(written, tmp_path / "b.csv")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert set(raw["cpu"]) == {xeon}
+    frame = load_baseline(path)
+    assert set(frame["cpu"]) == {(xeon,)}
+    assert check_against_baseline(written, path).notes == []
+    assert check_against_baseline(written, frame).notes == []  # a frame round-trips it too
+
+    other = _store(tmp_path / "o.sqlite", [_on_cpu(r, epyc) for r in runs])
+    result = check_against_baseline(other, path)
+    assert result.passed  # same values: gated all the same, only noted
+    (note,) = [n for n in result.notes if "CPU" in n]
+    assert xeon in note and epyc in note and "write the baseline on the machine type" in note
+
+    mixed = _store(tmp_path / "m.sqlite", [_on_cpu(runs[0], xeon), _on_cpu(runs[1], epyc),
+                                           _on_cpu(runs[2], xeon)])
+    assert set(pd.read_csv(write_baseline(mixed, tmp_path / "m.csv"), dtype=str)["cpu"]) == {
+        f"{epyc}; {xeon}"}
+    assert load_baseline(tmp_path / "m.csv")["cpu"].iloc[0] == (epyc, xeon)
+    # no CPU on one side: nothing to compare, no note
+    unknown = _store(tmp_path / "u.sqlite", runs)
+    assert not [n for n in check_against_baseline(unknown, path).notes if "CPU" in n]
+    assert not [n for n in check_against_baseline(other, _old_format(
+        write_baseline(unknown, tmp_path / "old.csv"))).notes if "CPU" in n]

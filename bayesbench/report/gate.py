@@ -3,10 +3,10 @@
 The baseline
 ------------
 Columns ``method,dataset,split,metric,value,higher_is_better,tolerance``, then
-``quick,seeds,ece_bins,config_hash,seed_values``. ``method`` holds the method *label* (the
+``quick,seeds,ece_bins,config_hash,seed_values,cpu``. ``method`` holds the method *label* (the
 name a run is reported under), ``value`` the mean over seeds. Only gated metrics
 (``MetricInfo.gated``) on the splits ``test``, ``shift_mean`` and ``ood_mean`` are written,
-which keeps the file small and meaningful. The last five columns say which runs a (method,
+which keeps the file small and meaningful. The last six columns say which runs a (method,
 dataset)'s values came from:
 
 * ``quick`` – ``True`` for quick-budget runs, ``False`` for full runs (one kind per file);
@@ -14,7 +14,9 @@ dataset)'s values came from:
 * ``ece_bins`` – those runs' ``evaluation.ece_bins``;
 * ``config_hash`` – those runs' :attr:`RunSpec.config_hash` (every setting but the seed);
 * ``seed_values`` – the per-seed values behind ``value``, space-separated in the order of
-  ``seeds`` (``nan`` where a seed has none), for the significance test below.
+  ``seeds`` (``nan`` where a seed has none), for the significance test below;
+* ``cpu`` – the CPU model(s) those runs recorded, ``; ``-separated (empty for runs that
+  recorded none).
 
 A cell is empty where the source did not know it (a baseline written from aggregates has no
 seeds). A baseline without these columns (the older format) still loads; its kind and seeds
@@ -37,6 +39,12 @@ Which runs are checked
 * **Binning.** Runs whose ``ece_bins`` differ from the baseline's make the binned metrics
   (ece, mce, adaptive_ece) incomparable: :class:`BaselineError` (exit 2). A different
   ``config_hash`` is only noted: a changed setting or method version is what the gate is for.
+* **CPU.** Runs on another CPU model than the baseline's are gated all the same, with a note:
+  float rounding differs between CPU types and training amplifies it into a different model
+  of the same quality, so on one seed values move beyond the tolerances with no code change
+  (measured: a quick baseline of an AMD EPYC against an Intel Xeon's quick suite failed 30 of
+  2,698 rows; the reverse, 11). The note says to write the baseline on the machine type that
+  checks against it, or to check 3 or more seeds (then only significant changes fail).
 
 Verdicts
 --------
@@ -95,7 +103,8 @@ from bayesbench.store import ResultStore
 BASELINE_COLUMNS = ["method", "dataset", "split", "metric", "value", "higher_is_better",
                     "tolerance"]
 # Where the values came from; optional on reading (older baselines lack them).
-PROVENANCE_COLUMNS = ["quick", "seeds", "ece_bins", "config_hash", "seed_values"]
+PROVENANCE_COLUMNS = ["quick", "seeds", "ece_bins", "config_hash", "seed_values", "cpu"]
+CPU_SEPARATOR = "; "  # CPU model names hold spaces (and may hold commas)
 SIGNIFICANCE_MIN_SEEDS = 3  # below this on either side the tolerance alone decides
 GATED_SPLITS = (TEST_SPLIT, SHIFT_MEAN, OOD_MEAN)
 BINNED_METRICS = frozenset({"ece", "mce", "adaptive_ece"})
@@ -237,6 +246,7 @@ def baseline_frame(aggregates_or_store: ResultStore | pd.DataFrame | str | os.Pa
     seeds: dict[tuple[str, str], str] = {}
     hashes: dict[tuple[str, str], str] = {}
     bins: dict[tuple[str, str], str] = {}
+    cpus: dict[tuple[str, str], str] = {}
     per_seed: list[str] = [""] * len(rows)
     if current.tidy is not None:
         table = _per_seed_table(current.tidy)
@@ -246,13 +256,16 @@ def baseline_frame(aggregates_or_store: ResultStore | pd.DataFrame | str | os.Pa
                     for (lab, ds), sp, me in zip(pairs, rows["split"], rows["metric"])]
         runs = current.tidy.drop_duplicates("key")
         if current.all_runs is not None and "config_hash" in current.all_runs.columns:
-            runs = runs.merge(current.all_runs[["key", "config_hash"]], on="key", how="left")
+            known = [c for c in ("config_hash", "cpu") if c in current.all_runs.columns]
+            runs = runs.merge(current.all_runs[["key", *known]], on="key", how="left")
         for (label, dataset), group in runs.groupby(["label", "dataset"]):
             pair = (str(label), str(dataset))
             seeds[pair] = _joined(int(s) for s in group["seed"])
             if "config_hash" in group.columns:
                 hashes[pair] = _joined(group["config_hash"].dropna())
                 bins[pair] = _joined(current.ece_bins.get(h) for h in group["config_hash"])
+            if "cpu" in group.columns:
+                cpus[pair] = CPU_SEPARATOR.join(sorted(set(group["cpu"].dropna())))
     out = pd.DataFrame({
         "method": [p[0] for p in pairs],
         "dataset": [p[1] for p in pairs],
@@ -266,6 +279,7 @@ def baseline_frame(aggregates_or_store: ResultStore | pd.DataFrame | str | os.Pa
         "ece_bins": [bins.get(p, "") for p in pairs],
         "config_hash": [hashes.get(p, "") for p in pairs],
         "seed_values": per_seed,
+        "cpu": [cpus.get(p, "") for p in pairs],
     })
     return out.sort_values(_KEY).reset_index(drop=True)
 
@@ -365,6 +379,9 @@ def _provenance(raw: pd.DataFrame, source: str) -> dict[str, list]:
                         f"{len(seeds) if seeds else 'no'} seeds",
                         "give one value per seed, in the order of seeds, or leave it empty")
         out["seed_values"].append(values)
+    for cell in raw["cpu"] if "cpu" in raw.columns else [""] * len(raw):
+        models = tuple(sorted({m.strip() for m in cell.split(";") if m.strip()}))
+        out["cpu"].append(models or None)
     seen: dict[tuple[str, str], tuple | None] = {}
     for i, (method, dataset, seeds) in enumerate(zip(raw["method"], raw["dataset"],
                                                      out["seeds"])):
@@ -469,12 +486,13 @@ def _as_baseline(baseline: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFram
     if "source" in baseline.attrs and set(PROVENANCE_COLUMNS) <= set(baseline.columns):
         return baseline
 
-    def text(cell: Any) -> str:
+    def text(cell: Any, sep: str) -> str:
         if cell is None or (isinstance(cell, float) and math.isnan(cell)):
             return ""
-        return " ".join(map(str, cell)) if isinstance(cell, tuple) else str(cell)
+        return sep.join(map(str, cell)) if isinstance(cell, tuple) else str(cell)
 
-    return validate_baseline(baseline.map(text), "<frame>")
+    return validate_baseline(baseline.apply(lambda col: col.map(
+        lambda cell: text(cell, CPU_SEPARATOR if col.name == "cpu" else " "))), "<frame>")
 
 
 # -- checking -----------------------------------------------------------------------------------
@@ -714,6 +732,10 @@ def check_against_baseline(
                      f"{_listed(b, '/')} → {_listed(c, '/')}): a setting or a method "
                      f"version changed; gated all the same")
 
+    cpu_note = _cpu_note(base, current, source)
+    if cpu_note:
+        notes.append(cpu_note)
+
     failures = _failures(current.runs)
     per_seed = _per_seed_table(tidy) if current.tidy is not None and len(tidy) else {}
     dropped = 0
@@ -761,6 +783,23 @@ def check_against_baseline(
                      "average to their value (edited by hand?): those rows are gated on the "
                      "tolerance alone")
     return GateResult(rows, current.quick, notes)
+
+
+def _cpu_note(base: pd.DataFrame, current: _Current, source: str) -> str | None:
+    """A note when the runs checked ran on other CPU models than the baseline's (both known)."""
+    was = {m for models in base["cpu"] if models for m in models}
+    runs = current.runs
+    if not was or runs is None or "cpu" not in runs.columns:
+        return None
+    now = set(runs["cpu"].dropna())
+    if not now or now == was:
+        return None
+    return (f"baseline {source} was written from runs on {_listed(was, ' / ')}, but these "
+            f"{_kind(current.quick)} runs ran on {_listed(now, ' / ')}: float rounding differs "
+            "between CPU types and training turns it into a different model of the same "
+            "quality, so values can move beyond the tolerances with no change of code; write "
+            "the baseline on the machine type that checks against it, or check 3 or more "
+            "seeds (then only significant changes fail)")
 
 
 def _significance(row: Any, current: dict[int, float]) -> tuple[float, bool]:
