@@ -234,19 +234,6 @@ def _with_grid(digest: str, keys: list | None) -> str:
     return hashlib.sha256(f"{digest}\0grid\0{json.dumps(keys)}".encode()).hexdigest()
 
 
-def fingerprint(store: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                quick: bool | None, config: str | os.PathLike[str] | None) -> str | None:
-    """The fingerprint of the inputs of the report ``bayesbench report --store store --out
-    out_dir [--quick/--full] [--config config]`` (module docstring); None where it cannot be
-    known without the ordinary path, or where that path would resolve the configured grid
-    afresh (then :func:`lookup` leaves it to :func:`remember` to fingerprint the grid it
-    resolved)."""
-    inputs = _inputs(store, out_dir, quick, config)
-    if inputs is None or (inputs[1] is not None and inputs[2] is None):
-        return None
-    return _with_grid(inputs[0], inputs[2])
-
-
 def _read_manifest(out_dir: Path) -> dict | None:
     try:
         data = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))

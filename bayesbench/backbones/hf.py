@@ -334,12 +334,9 @@ def image_normalisation(model: str) -> tuple[list[float], list[float]] | None:
     mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
     if not getattr(processor, "do_normalize", True) or mean is None or std is None:
         return None
-    return _floats(mean), _floats(std)
-
-
-def _floats(value: Any) -> list[float]:
-    """A number or a sequence of numbers as a list of floats."""
-    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+    # a number or one per channel, as plain floats
+    return (torch.as_tensor(mean, dtype=torch.float64).flatten().tolist(),
+            torch.as_tensor(std, dtype=torch.float64).flatten().tolist())
 
 
 # --------------------------------------------------------------------------- the classifier
@@ -476,15 +473,13 @@ class HFBackbone(Backbone):
             cfg.num_channels, cfg.image_size = task.image_shape[0], task.image_shape[1]
             if "patch_size" not in self.config:  # the dataset's patches, unless configured
                 cfg.patch_size = patch_size(task.image_shape, task.feature_dim)
-        elif not self.pretrained and task.has_named_inputs:  # the dataset's own model ids
-            if task.vocab_size and task.vocab_size > cfg.vocab_size:
-                cfg.vocab_size = task.vocab_size
-            if getattr(cfg, "max_position_embeddings", task.num_tokens) < task.num_tokens:
-                cfg.max_position_embeddings = task.num_tokens
-        elif not self.pretrained:
+        elif not self.pretrained:  # token ids: the word tokenizer's, or named inputs' own
+            named = task.has_named_inputs
             if vocab_size is not None:
                 cfg.vocab_size = vocab_size
-            needed = task.num_tokens + 2
+            elif named and task.vocab_size and task.vocab_size > cfg.vocab_size:
+                cfg.vocab_size = task.vocab_size
+            needed = task.num_tokens + (0 if named else 2)  # words get [CLS] ... [SEP]
             if getattr(cfg, "max_position_embeddings", needed) < needed:
                 cfg.max_position_embeddings = needed
         return cfg

@@ -353,8 +353,9 @@ class SlurmJobWatch:
         listed = self._listing() if submitted else {}
         if listed is None:
             return
+        gone_ids = set(jobs_gone(submitted, listed))
         for name, job_id in self.jobs.items():
-            if job_id is None or jobs_gone([job_id], listed):
+            if job_id is None or job_id in gone_ids:
                 self._absent[name] += 1
             else:
                 self._absent[name] = 0
