@@ -125,11 +125,8 @@ def _store_state(store_path: Path, grid_fps: dict[bool, str]) -> _StoreState | N
     run with a metric row exists, or no complete run at all: as :func:`bayesbench.report.
     aggregate.select_runs` decides), and the keys of the plans ``grid_fps`` name. None when
     the store cannot be read (the ordinary path then reports the problem)."""
-    if not store_path.is_file():
-        return None
-    try:
-        con = sqlite3.connect(f"{store_path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
+    con = run_plan.open_read_only(store_path)
+    if con is None:
         return None
     try:
         con.isolation_level = None

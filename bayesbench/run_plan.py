@@ -143,16 +143,24 @@ class PlanStatus:
         return self.complete == self.runs
 
 
-def lookup(store_path: Path, fp: str) -> PlanStatus | None:
-    """The plan stored under ``fp`` with its completion, in one read-only query; None when
-    the store or the plan does not exist (or the store cannot be read: the ordinary path
-    then reports the problem)."""
+def open_read_only(store_path: Path) -> sqlite3.Connection | None:
+    """A read-only connection to the store at ``store_path``; None when there is no such
+    file or it cannot be opened (the ordinary path then reports the problem)."""
     path = Path(store_path)
     if not path.is_file():
         return None
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error:
+        return None
+
+
+def lookup(store_path: Path, fp: str) -> PlanStatus | None:
+    """The plan stored under ``fp`` with its completion, in one read-only query; None when
+    the store or the plan does not exist (or the store cannot be read: the ordinary path
+    then reports the problem)."""
+    con = open_read_only(store_path)
+    if con is None:
         return None
     try:
         row = con.execute(
