@@ -82,14 +82,16 @@ class MFVI(Method):
     with dropout on the ELBO's likelihood term would be that of a different model (a hybrid of
     q and MC dropout). Off also spares CPU training its slowest operation (on digits, dropout's
     masks are a quarter of ``map``'s training step).
-    ``bf16_variance``: the local estimator's variance matmuls in bfloat16 on CPUs with native
-    bfloat16 (std within about 0.1 % of float32's); False keeps float32 throughout. See
+    ``bf16_variance``: the local estimator's variance matmuls in bfloat16 on CPUs with AMX
+    (std within about 0.1 % of float32's); False keeps float32 throughout. See
     :mod:`bayesbench.methods.bayesian_linear`.
     """
 
     name = "mfvi"
     description = "mean-field Gaussian VI on linear weights (Bayes by Backprop, local reparam.)"
-    version = 2  # 2: hand-written local reparameterization and KL; fit diagnostics stored
+    # 2: hand-written local reparameterization and KL; fit diagnostics stored
+    # 3: the bfloat16 variance path only on CPUs with AMX (was: any AVX512-BF16 CPU)
+    version = 3
 
     def __init__(
         self,
