@@ -55,7 +55,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,9 +103,7 @@ def code_digest() -> bytes:
     """bayesbench's own source and the installed distributions with the Python version (what
     :func:`bayesbench.run_plan.fingerprint` covers besides the config)."""
     h = hashlib.sha256()
-    h.update(bytes.fromhex(run_plan.package_source_digest()))
-    h.update("\n".join(run_plan._installed_distributions()).encode())
-    h.update(sys.version.encode())
+    run_plan.hash_code(h)
     return h.digest()
 
 
@@ -155,23 +152,13 @@ def _store_state(store_path: Path, grid_fps: dict[bool, str]) -> _StoreState | N
         plan_keys: dict[bool, object] = {}
         if grid_fps and any(name == "plans" for name, _ in tables):
             for kind, fp in grid_fps.items():
-                row = con.execute("SELECT keys FROM plans WHERE fingerprint = ?",
-                                  (fp,)).fetchone()
-                plan_keys[kind] = _json_list(row[0]) if row else None
+                plan_keys[kind] = run_plan.plan_keys_in(con, fp)
         con.execute("COMMIT")
     except sqlite3.Error:  # not a store, a locked or damaged file
         return None
     finally:
         con.close()
     return _StoreState(h.digest(), False in complete_kinds or not complete_kinds, plan_keys)
-
-
-def _json_list(text: object) -> list | None:
-    try:
-        value = json.loads(text) if isinstance(text, (str, bytes)) else None
-    except ValueError:
-        return None
-    return value if isinstance(value, list) else None
 
 
 def recorded_grid_keys(out_dir: Path, grid_fp: str) -> list | None:

@@ -123,10 +123,16 @@ def fingerprint(config_path: Path, flags: GridFlags) -> str | None:
     h.update(config_bytes)
     h.update(json.dumps([flags.methods, flags.datasets, flags.seeds, flags.quick,
                          flags.threads or 1, device]).encode())
+    hash_code(h)
+    return h.hexdigest()
+
+
+def hash_code(h: Any) -> None:
+    """Feed ``h`` (a hashlib object) what decides how runs and reports are computed besides
+    their inputs: bayesbench's own source, the installed distributions, the Python version."""
     h.update(_package_source_digest())
     h.update("\n".join(_installed_distributions()).encode())
     h.update(sys.version.encode())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,32 @@ def open_read_only(store_path: Path) -> sqlite3.Connection | None:
         return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error:
         return None
+
+
+def plan_keys_in(con: sqlite3.Connection, fp: str) -> list | None:
+    """The run keys of the plan ``fp`` in the open store ``con``; None when there is no such
+    plan (or no plans table: a store no ``run`` has remembered a grid in) or its keys are not
+    a JSON list."""
+    try:
+        row = con.execute("SELECT keys FROM plans WHERE fingerprint = ?", (fp,)).fetchone()
+    except sqlite3.Error:
+        return None
+    try:
+        keys = json.loads(row[0]) if row else None
+    except (TypeError, ValueError):
+        return None
+    return keys if isinstance(keys, list) else None
+
+
+def plan_keys(store_path: Path, fp: str) -> list | None:
+    """:func:`plan_keys_in` of the store at ``store_path``, opened read-only."""
+    con = open_read_only(store_path)
+    if con is None:
+        return None
+    try:
+        return plan_keys_in(con, fp)
+    finally:
+        con.close()
 
 
 def lookup(store_path: Path, fp: str) -> PlanStatus | None:

@@ -234,6 +234,11 @@ def accounting(job_ids: Collection[str], timeout: float = SLURM_COMMAND_TIMEOUT_
     return ended
 
 
+def log_folder(log_directory: str, submit_dir: Path) -> Path:
+    """The folder of ``executor.slurm.log_directory`` (relative to the submit directory)."""
+    return submit_dir / Path(log_directory).expanduser()
+
+
 def job_log_files(job_id: str, log_directory: str | None, submit_dir: Path) -> list[Path]:
     """Where Slurm writes a worker job's output: ``<log_directory>/bayesbench-<id>.err`` and
     ``.out`` (dask-jobqueue's ``-e`` / ``-o``), else Slurm's ``slurm-<id>.out`` in the
@@ -241,7 +246,7 @@ def job_log_files(job_id: str, log_directory: str | None, submit_dir: Path) -> l
     none exists (yet)."""
     if not log_directory:
         return [submit_dir / f"slurm-{job_id}.out"]
-    folder = submit_dir / Path(log_directory).expanduser()
+    folder = log_folder(log_directory, submit_dir)
     found = [path for suffix in ("err", "out")
              for pattern in (f"{JOB_NAME}-{job_id}.{suffix}", f"{JOB_NAME}-{job_id}.*.{suffix}")
              for path in sorted(folder.glob(pattern))]
@@ -418,7 +423,7 @@ class SlurmJobWatch:
                  + ". No job or worker is left; the runs finished so far are stored."]
         with_ids = [self.jobs[n] for n in failed if self.jobs[n]]
         if with_ids and self.log_directory:
-            folder = self.submit_dir / Path(self.log_directory).expanduser()
+            folder = log_folder(self.log_directory, self.submit_dir)
             lines.append(f"Their output: {folder}/{JOB_NAME}-<job id>.err and .out "
                          "(executor.slurm.log_directory).")
         elif with_ids:

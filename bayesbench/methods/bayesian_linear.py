@@ -30,7 +30,7 @@ Ways to run the layer:
   without, on an AMD EPYC), so they stay in float32. The std they give
   differs from float32's by about 0.1 % (``tests/test_mfvi.py`` bounds it), far below the
   Monte Carlo noise it scales; means and their gradients stay in float32. Elsewhere (float64,
-  CUDA, CPUs without native bfloat16) everything stays in the input's precision.
+  CUDA, CPUs without AMX) everything stays in the input's precision.
 - ``sample = True`` with ``estimator = "shared"``: Blundell et al.'s original estimator, one
   draw ``W = mu + sigma * eps`` per forward pass shared by every example and token: unbiased
   for sequences and cheap (one matmul, ``out*in`` draws), but noisier gradients.
@@ -58,7 +58,7 @@ VARIANCE_FLOOR = 1e-16
 """Added to every output variance so ``1/sqrt(Var[y])`` stays finite for an all-zero input."""
 
 
-def native_bf16_matmul() -> bool:
+def fast_bf16_matmul() -> bool:
     """Whether this CPU multiplies bfloat16 matrices fast enough to pay for the conversions:
     AMX tiles (AVX512-BF16 alone is not; module docstring)."""
     probes = [getattr(torch.cpu, name, None)
@@ -69,12 +69,12 @@ def native_bf16_matmul() -> bool:
         return False
 
 
-NATIVE_BF16_MATMUL = native_bf16_matmul()
+FAST_BF16_MATMUL = fast_bf16_matmul()
 
 
 def variance_dtype(x: torch.Tensor, bf16_variance: bool) -> torch.dtype:
     """The dtype the variance path's matmuls use for input ``x`` (module docstring)."""
-    if (bf16_variance and NATIVE_BF16_MATMUL and x.dtype == torch.float32
+    if (bf16_variance and FAST_BF16_MATMUL and x.dtype == torch.float32
             and x.device.type == "cpu"):
         return torch.bfloat16
     return x.dtype

@@ -317,18 +317,18 @@ class TransformerClassifier(nn.Module):
         """``(tokens, padding)``: the tensor the embedding reads and :meth:`padding_mask`'s
         mask. Named inputs (module docstring): ``input_ids``, padded where ``attention_mask``
         is 0 (where the batch has one, else at ``padding_id``)."""
+        mask = None
         if isinstance(x, TensorBatch):
             if MAIN_INPUT not in x:
                 raise DataError(f"the built-in encoder reads named inputs by {MAIN_INPUT!r}, "
                                 f"which this batch lacks (its keys: {', '.join(map(repr, x))})")
-            tokens, mask = x[MAIN_INPUT], x.get("attention_mask")
-            if mask is not None:
-                padded = mask == 0
-                return tokens, torch.cat([padded.new_zeros(padded.shape[0], 1), padded], dim=1)
-            x = tokens
-        if self.padding_id is None:
+            x, mask = x[MAIN_INPUT], x.get("attention_mask")
+        if mask is not None:
+            padded = mask == 0
+        elif self.padding_id is not None:
+            padded = x == self.padding_id
+        else:
             return x, None
-        padded = x == self.padding_id
         return x, torch.cat([padded.new_zeros(padded.shape[0], 1), padded], dim=1)
 
     @contextlib.contextmanager

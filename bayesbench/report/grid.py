@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,27 +55,6 @@ class GridCoverage:
                 f"{extra}")
 
 
-def _plan_keys(store_path: Path, fingerprint: str) -> list[str] | None:
-    """The run keys of the plan ``fingerprint`` remembered in the store (read-only)."""
-    try:
-        con = sqlite3.connect(f"{Path(store_path).resolve().as_uri()}?mode=ro", uri=True,
-                              timeout=5)
-    except sqlite3.Error:
-        return None
-    try:
-        row = con.execute("SELECT keys FROM plans WHERE fingerprint = ?",
-                          (fingerprint,)).fetchone()
-    except sqlite3.Error:  # no plans table: a store no `run` has remembered a grid in
-        return None
-    finally:
-        con.close()
-    try:
-        keys = json.loads(row[0]) if row else None
-    except ValueError:
-        return None
-    return keys if isinstance(keys, list) else None
-
-
 def _resolve_keys(config_path: Path, quick: bool) -> list[str]:
     """Run keys of the grid ``bayesbench run [--quick]`` would train from ``config_path``."""
     from bayesbench.backbones import unsupported_runs
@@ -98,7 +76,7 @@ def configured_keys(config_path: str | os.PathLike[str], quick: bool,
     fingerprint = run_plan.fingerprint(
         config_path, run_plan.GridFlags(None, None, None, quick, None, "auto"))
     if fingerprint is not None:
-        keys = _plan_keys(Path(store_path), fingerprint)
+        keys = run_plan.plan_keys(Path(store_path), fingerprint)
         if keys is None:
             keys = recorded_grid_keys(out_dir, fingerprint)
         if keys is not None:
