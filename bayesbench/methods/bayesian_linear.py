@@ -10,8 +10,8 @@ deterministic bias would be a MAP parameter without a prior term).
 
 Ways to run the layer:
 
-- ``sample = True`` with ``estimator = "local"`` (default): the local reparameterization trick
-  (Kingma, Salimans & Welling, 2015). For ``y = x W^T + b`` with independent Gaussian weights,
+- ``sample = True`` with ``estimator = "local"`` (the layer's default): the local
+  reparameterization trick (Kingma, Salimans & Welling, 2015). For ``y = x W^T + b`` with independent Gaussian weights,
   each output is Gaussian with ``E[y] = x mu_W^T + mu_b`` and
   ``Var[y] = x^2 (sigma_W^2)^T + sigma_b^2``, so ``y = E[y] + sqrt(Var[y]) * eps``,
   ``eps ~ N(0, 1)`` drawn per output: lower-variance gradients, as if every row of ``x`` had
@@ -33,7 +33,8 @@ Ways to run the layer:
   CUDA, CPUs without AMX) everything stays in the input's precision.
 - ``sample = True`` with ``estimator = "shared"``: Blundell et al.'s original estimator, one
   draw ``W = mu + sigma * eps`` per forward pass shared by every example and token: unbiased
-  for sequences and cheap (one matmul, ``out*in`` draws), but noisier gradients.
+  for sequences and cheap (one matmul, ``out*in`` draws), but noisier gradients. ``mfvi``'s
+  default since its version 4 (:mod:`bayesbench.methods.mfvi` gives the measurements).
 - ``sample = False``: the posterior mean, ``y = x mu_W^T + mu_b``.
 - :meth:`freeze_sample`: one explicit draw used for every input and token until
   :meth:`unfreeze`, i.e. one network from q (how predictions are made).
