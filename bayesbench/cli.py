@@ -230,11 +230,12 @@ def run(
 
     from bayesbench.config import expand, load_config
     from bayesbench.execution.base import with_overrides
-    from bayesbench.report.leaderboard import check_output_folder
     from bayesbench.runner import check_inputs, resolve_device, run_grid
     from bayesbench.store import ResultStore
 
     if out_dir is not None:  # found now, not after the whole grid ran
+        from bayesbench.report.leaderboard import check_output_folder  # 1 s: only with --out
+
         check_output_folder(out_dir, "--out")
     cfg = load_config(config)
     plan = with_overrides(cfg.executor, kind=executor, scheduler=scheduler, workers=workers,

@@ -11,11 +11,13 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from numpy.lib import format as npy_format
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from bayesbench.errors import ConfigError, InputFileError
 from bayesbench.metrics.suite import check_labels, check_probabilities, evaluate_ood, evaluate_split
@@ -93,8 +95,8 @@ def load_array(path: str | os.PathLike[str], what: str) -> np.ndarray:
             f"{what} file '{p}' is too large to load into memory; score a subset of the "
             "examples"
         ) from None
-    except (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile,
-            pd.errors.ParserError) as exc:  # RuntimeError: an encrypted zip member
+    # ValueError covers pandas' ParserError; RuntimeError: an encrypted zip member
+    except (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
         text = " ".join(str(exc).split())
         raise InputFileError(
             f"{what} file '{p}' cannot be read as {ext}: {text[:200]}; check that it was "
@@ -169,6 +171,8 @@ def _load_npz(p: Path, what: str) -> np.ndarray:
 
 
 def _load_csv(p: Path, what: str) -> np.ndarray:
+    import pandas as pd  # here, not at import: `bayesbench run` reads this module's constants
+
     try:
         text = pd.read_csv(p, header=None, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:

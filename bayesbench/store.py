@@ -44,12 +44,13 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from bayesbench.errors import StoreError
 from bayesbench.results import MetricValue, RunResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 _APP_NAME = "bayesbench"
@@ -459,6 +460,8 @@ class ResultStore:
     def runs_frame(self) -> pd.DataFrame:
         """One row per stored run (complete and failed): the scalar columns of ``runs``, and
         ``cpu``, the CPU model the run recorded (None for runs stored before it was)."""
+        import pandas as pd  # here: the driver of `bayesbench run` never needs pandas (0.5 s)
+
         with self._connect() as conn:
             frame = pd.read_sql_query(
                 f"SELECT {', '.join(_RUN_COLUMNS)}, json_extract(versions, '$.cpu') AS cpu "
@@ -471,6 +474,8 @@ class ResultStore:
     def metrics_frame(self) -> pd.DataFrame:
         """Tidy metric values of complete runs: key, label, method, dataset, seed, quick,
         finished_at, split, metric, value (one row per run × split × metric)."""
+        import pandas as pd
+
         with self._connect() as conn:
             frame = pd.read_sql_query(
                 "SELECT r.key, r.label, r.method, r.dataset, r.seed, r.quick, r.finished_at, "

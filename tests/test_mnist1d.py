@@ -16,7 +16,6 @@ from bayesbench.data.mnist1d import (
     SHIFT_LADDERS,
     generate_signals,
     generator_args,
-    get_templates,
     random_templates,
 )
 from bayesbench.errors import DataError
@@ -51,8 +50,17 @@ def all_tensors(task: Task) -> dict[str, torch.Tensor]:
     return out
 
 
+def get_templates() -> dict[str, np.ndarray]:
+    """mnist1d's templates (the package imported the way bayesbench.data.mnist1d does)."""
+    return m1d._mnist1d().get_templates()
+
+
 def test_registered() -> None:
     assert DATASETS.get("mnist1d") is MNIST1D
+
+
+def test_signal_length_is_the_generators() -> None:
+    assert m1d.SIGNAL_LENGTH == m1d._mnist1d().get_dataset_args().final_seq_length
 
 
 def test_generator_is_mnist1d_make_dataset_without_its_normalisation() -> None:

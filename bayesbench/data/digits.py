@@ -13,8 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from bayesbench.data.base import Dataset
 from bayesbench.errors import DataError
@@ -223,6 +221,11 @@ class Digits(Dataset):
 
     def build(self, seed: int) -> Task:
         """Splits, shifted sets and OOD sets for this seed (same seed, same tensors)."""
+        # scikit-learn on first build, not on import: checking a config or loading a cached
+        # task never needs it (0.4 s)
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
         data = load_digits()
         images = data.images.astype(np.float64) / 16.0  # [1797, 8, 8] in [0, 1]
         digits = data.target

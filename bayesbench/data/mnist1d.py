@@ -13,24 +13,39 @@ import operator
 import sys
 import zlib
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import torch
 
-if "matplotlib.pyplot" not in sys.modules:  # a session's own choice of backend stays
-    matplotlib.use("Agg")  # mnist1d imports pyplot at import time; workers have no display
+from bayesbench.data.base import Dataset
+from bayesbench.errors import DataError
+from bayesbench.task import Split, Task
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mnist1d.data import get_dataset_args, get_templates  # noqa: E402
-from mnist1d.transform import transform  # noqa: E402
-from mnist1d.utils import ObjectView  # noqa: E402
+if TYPE_CHECKING:
+    from mnist1d.utils import ObjectView
 
-from bayesbench.data.base import Dataset  # noqa: E402
-from bayesbench.errors import DataError  # noqa: E402
-from bayesbench.task import Split, Task  # noqa: E402
+SIGNAL_LENGTH = 40
+"""Samples per generated signal: mnist1d's ``final_seq_length`` (a test checks the two agree)."""
 
-SIGNAL_LENGTH: int = get_dataset_args().final_seq_length
-"""Samples per generated signal (40)."""
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d() -> SimpleNamespace:
+    """mnist1d's ``get_dataset_args``, ``get_templates``, ``transform`` and ``ObjectView``,
+    imported on first use: mnist1d imports matplotlib's pyplot (half a second), which a
+    process that only checks a config or loads a cached task never needs."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:  # a session's own choice of backend stays
+        matplotlib.use("Agg")  # mnist1d imports pyplot at import time; workers have no display
+    from mnist1d.data import get_dataset_args, get_templates
+    from mnist1d.transform import transform
+    from mnist1d.utils import ObjectView
+
+    return SimpleNamespace(get_dataset_args=get_dataset_args, get_templates=get_templates,
+                           transform=transform, ObjectView=ObjectView)
+
 
 NUM_DIGITS = 10
 
@@ -77,12 +92,12 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
 
 def generator_args(**overrides: float) -> ObjectView:
     """mnist1d's default generator arguments with ``overrides`` (e.g. ``iid_noise_scale``)."""
-    args = get_dataset_args(as_dict=True)
+    args = _mnist1d().get_dataset_args(as_dict=True)
     unknown = set(overrides) - set(args)
     if unknown:
         raise KeyError(f"mnist1d has no generator arguments {sorted(unknown)}")
     args.update(overrides)
-    return ObjectView(args)
+    return _mnist1d().ObjectView(args)
 
 
 def generate_signals(
@@ -100,12 +115,13 @@ def generate_signals(
     and sd: we standardize every set with the training statistics instead, so that a noisier
     set stays noisier. templates: ``[K, 12]``; y is the template's row index.
     """
-    t = get_templates()["t"]
+    lib = _mnist1d()
+    t = lib.get_templates()["t"]
     xs, ys = [], []
     with _global_numpy_seed(seed):
         for label, template in enumerate(templates):
             for _ in range(per_template):
-                xs.append(transform(template, t, args, eps)[0])
+                xs.append(lib.transform(template, t, args, eps)[0])
                 ys.append(label)
         order = np.random.permutation(len(ys))
     return np.stack(xs)[order], np.asarray(ys)[order]
@@ -129,7 +145,7 @@ def random_templates(rng: np.random.Generator, count: int, length: int = 12) -> 
 def _raw_signals(num_samples: int, num_test: int, seed: int) -> dict[str, np.ndarray]:
     """Every set, unstandardized; cached because the generator loop takes seconds and a grid
     builds the same (params, seed) for every method. Callers must not modify the arrays."""
-    digits = get_templates()["x"]
+    digits = _mnist1d().get_templates()["x"]
     out: dict[str, np.ndarray] = {}
     out["x"], out["y"] = generate_signals(
         digits, num_samples // NUM_DIGITS, generator_args(), _stream_seed(seed, "clean")

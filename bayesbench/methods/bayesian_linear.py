@@ -11,8 +11,8 @@ deterministic bias would be a MAP parameter without a prior term).
 Ways to run the layer:
 
 - ``sample = True`` with ``estimator = "local"`` (the layer's default): the local
-  reparameterization trick (Kingma, Salimans & Welling, 2015). For ``y = x W^T + b`` with independent Gaussian weights,
-  each output is Gaussian with ``E[y] = x mu_W^T + mu_b`` and
+  reparameterization trick (Kingma, Salimans & Welling, 2015). For ``y = x W^T + b`` with
+  independent Gaussian weights, each output is Gaussian with ``E[y] = x mu_W^T + mu_b`` and
   ``Var[y] = x^2 (sigma_W^2)^T + sigma_b^2``, so ``y = E[y] + sqrt(Var[y]) * eps``,
   ``eps ~ N(0, 1)`` drawn per output: lower-variance gradients, as if every row of ``x`` had
   its own weight draw. For token inputs ``x: [B, T, in]`` every token gets its own noise: each
