@@ -101,9 +101,9 @@ def package_versions() -> dict[str, str]:
 
 
 def _distribution_version(distribution: str, module: str) -> str:
-    """The installed version of ``distribution`` from its metadata (importing scikit-learn
-    and pandas only to read their ``__version__`` cost the driver 0.6 s), else the module's
-    ``__version__``."""
+    """The installed version of ``distribution`` from its metadata, else the module's
+    ``__version__`` (importing scikit-learn and pandas only to read it costs 0.6 s in a driver
+    whose datasets do not import them)."""
     from importlib import import_module, metadata
 
     try:

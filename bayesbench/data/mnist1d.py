@@ -92,12 +92,13 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
 
 def generator_args(**overrides: float) -> ObjectView:
     """mnist1d's default generator arguments with ``overrides`` (e.g. ``iid_noise_scale``)."""
-    args = _mnist1d().get_dataset_args(as_dict=True)
+    lib = _mnist1d()
+    args = lib.get_dataset_args(as_dict=True)
     unknown = set(overrides) - set(args)
     if unknown:
         raise KeyError(f"mnist1d has no generator arguments {sorted(unknown)}")
     args.update(overrides)
-    return _mnist1d().ObjectView(args)
+    return lib.ObjectView(args)
 
 
 def generate_signals(

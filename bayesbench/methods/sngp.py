@@ -124,18 +124,10 @@ class BoundedSpectralNorm(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.training:
-            # the power steps, the last one's ``W v`` computed once: it gives the new u and,
-            # differentiable, sigma (the same numbers as a separate product for each)
-            self._power_method(weight.detach(), self.power_iterations - 1)
-            with torch.no_grad():
-                self._v = F.normalize(weight.t() @ self._u, dim=0, eps=self.eps)
-            wv = weight @ self._v
-            self._u = F.normalize(wv.detach(), dim=0, eps=self.eps)
-        else:
-            wv = weight @ self._v
-        # u and v are rebound by each step, never changed in place: the graph keeps its own
-        sigma = torch.dot(self._u, wv)
-        return weight * torch.clamp(self.bound / sigma, max=1.0)
+            self._power_method(weight.detach(), self.power_iterations)
+        # u and v are rebound by each power step, never changed in place: no copies needed
+        # for the graph of this step
+        return weight * torch.clamp(self.bound / self.sigma(weight), max=1.0)
 
 
 def bounded_spectral_norm(
