@@ -32,6 +32,7 @@ from bayesbench.metrics import (
     reliability_statistics,
     risk_coverage_curve,
 )
+from bayesbench.metrics.ood import _auroc, _average_precision, detection_curve
 
 # Five binary predictions; with n_bins=4 the edges are 0, .25, .5, .75, 1 and the confidences
 # 0.5 and 0.75 sit exactly on edges (right-closed bins put them in bins 1 and 2).
@@ -292,6 +293,28 @@ def test_auroc_matches_brute_force_pair_count():
         diff = score(ood_samples)[:, None] - score(in_samples)[None, :]
         brute = (np.sum(diff > 0) + 0.5 * np.sum(diff == 0)) / diff.size
         assert out[f"auroc_{name}"] == pytest.approx(brute)
+
+
+def test_ood_metrics_equal_scikit_learns_with_ties():
+    """One shared sort per score gives scikit-learn's AUROC, average precision and ROC
+    points (on which FPR at 95% TPR is read) to the last bit, ties and tiny sets included."""
+    from sklearn.metrics import average_precision_score, roc_curve
+
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        n_in, n_ood = rng.integers(1, 120, size=2)
+        labels = np.r_[np.zeros(n_in), np.ones(n_ood)]
+        scores = rng.random(n_in + n_ood)
+        if trial % 2:  # coarse scores: many ties, some across the two groups
+            scores = np.round(scores, int(rng.integers(0, 3)))
+        fps, tps = detection_curve(labels, scores)
+        assert _auroc(fps, tps) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        assert _average_precision(fps, tps) == pytest.approx(
+            average_precision_score(labels, scores), abs=1e-12)
+        fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+        needed = math.ceil(round(0.95 * n_ood, 9))
+        expected = fpr[np.argmax(np.rint(tpr * n_ood) >= needed)]
+        assert false_positive_rate_at_tpr(labels, scores) == pytest.approx(expected, abs=1e-12)
 
 
 def test_mutual_information_detects_ensemble_disagreement():

@@ -31,29 +31,74 @@ def ood_scores(samples: Any) -> dict[str, np.ndarray]:
     return {name: fn(s) for name, fn in OOD_SCORES.items()}
 
 
+def detection_curve(is_ood: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative ``(false positives, true positives)`` at every distinct score, highest first.
+
+    Flag ``score >= threshold`` as OOD for each distinct score as the threshold, from the
+    highest down: entry k counts the in-distribution and OOD inputs flagged at the k-th
+    threshold (ties are flagged together), so the last entry is ``(N_in, N_ood)``. The same
+    construction as scikit-learn's ``_binary_clf_curve`` (stable descending sort, float64
+    counts), done once and shared by AUROC, AUPR and FPR at 95% TPR: scikit-learn's three
+    metric functions validate their inputs and sort again each, 2 ms a call, which made OOD
+    scoring 6% of the quick suite.
+
+    >>> detection_curve([0, 1, 1], [0.2, 0.9, 0.2])
+    (array([0., 1.]), array([1., 2.]))
+    """
+    y = np.asarray(is_ood, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(s, kind="mergesort")[::-1]
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tps = np.cumsum(y)[last_of_tie]
+    return 1.0 + last_of_tie - tps, tps
+
+
+def _auroc(fps: np.ndarray, tps: np.ndarray) -> float:
+    """Area under the ROC curve through (0, 0) and every point of :func:`detection_curve`
+    (trapezoids: a tie of OOD and in-distribution scores counts one half), after dropping
+    the points that are collinear with their neighbours, as ``roc_auc_score`` does."""
+    if len(fps) > 2:
+        keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        fps, tps = fps[keep], tps[keep]
+    fpr = np.r_[0.0, fps] / fps[-1]
+    tpr = np.r_[0.0, tps] / tps[-1]
+    return float((np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0).sum())
+
+
+def _average_precision(fps: np.ndarray, tps: np.ndarray) -> float:
+    """``sum_k (R_k - R_{k-1}) P_k`` over the thresholds of :func:`detection_curve` (no
+    interpolation), ``average_precision_score``'s definition."""
+    flagged = tps + fps
+    precision = np.divide(tps, flagged, out=np.zeros_like(tps), where=flagged != 0)
+    recall = tps / tps[-1]
+    return float(-np.sum(np.diff(np.r_[recall[::-1], 0.0]) * precision[::-1]))
+
+
+def _fpr_at_tpr(fps: np.ndarray, tps: np.ndarray, tpr_target: float) -> float:
+    n_pos = tps[-1]
+    # compare integer counts, not float rates: 19 / 20 must reach 0.95
+    needed = math.ceil(round(tpr_target * n_pos, 9))
+    if needed <= 0:  # the threshold above every score flags nothing
+        return 0.0
+    return float(fps[np.argmax(tps >= needed)] / fps[-1])
+
+
 def false_positive_rate_at_tpr(is_ood: Any, scores: Any, tpr_target: float = 0.95) -> float:
     """FPR at the strictest threshold whose TPR reaches ``tpr_target``, without interpolation.
 
-    With thresholds from :func:`sklearn.metrics.roc_curve` (every distinct score, flag
-    ``score >= threshold`` as OOD), take the highest threshold at which at least
-    ``tpr_target`` of the OOD inputs are flagged, and return the fraction of in-distribution
-    inputs flagged there; equivalently the lowest FPR attainable with TPR >= ``tpr_target``.
-    The TPR test counts flagged OOD inputs, so that 19 of 20 is exactly 95%.
+    With every distinct score as a threshold (flag ``score >= threshold`` as OOD), take the
+    highest threshold at which at least ``tpr_target`` of the OOD inputs are flagged, and
+    return the fraction of in-distribution inputs flagged there; equivalently the lowest FPR
+    attainable with TPR >= ``tpr_target``. The TPR test counts flagged OOD inputs, so that
+    19 of 20 is exactly 95%.
 
     is_ood: ``[N]`` 0/1; scores: ``[N]``.
 
     >>> false_positive_rate_at_tpr([0, 0, 1, 1], [0.1, 0.6, 0.5, 0.9])
     0.5
     """
-    from sklearn.metrics import roc_curve  # lazy: 0.7 s that `bayesbench report` never needs
-
-    y = np.asarray(is_ood).astype(bool)
-    fpr, tpr, _ = roc_curve(y, np.asarray(scores, dtype=np.float64), drop_intermediate=False)
-    n_pos = int(y.sum())
-    # compare integer counts, not float rates: 19 / 20 must reach 0.95
-    flagged = np.rint(tpr * n_pos)
-    needed = math.ceil(round(tpr_target * n_pos, 9))
-    return float(fpr[np.argmax(flagged >= needed)])
+    return _fpr_at_tpr(*detection_curve(is_ood, scores), tpr_target)
 
 
 def ood_detection_metrics(in_samples: Any, ood_samples: Any) -> dict[str, float]:
@@ -77,14 +122,12 @@ def ood_metrics_from_scores(scores_in: dict[str, np.ndarray],
                             scores_ood: dict[str, np.ndarray]) -> dict[str, float]:
     """The metrics of :func:`ood_detection_metrics` from the scores of :data:`OOD_SCORES`
     (``[N]`` on in-distribution inputs, ``[M]`` on OOD inputs, per score name)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score  # lazy, as above
-
     first = next(iter(OOD_SCORES))
     is_ood = np.concatenate([np.zeros(len(scores_in[first])), np.ones(len(scores_ood[first]))])
     out: dict[str, float] = {}
     for name in OOD_SCORES:
-        scores = np.concatenate([scores_in[name], scores_ood[name]])
-        out[f"auroc_{name}"] = float(roc_auc_score(is_ood, scores))
-        out[f"aupr_{name}"] = float(average_precision_score(is_ood, scores))
-        out[f"fpr95_{name}"] = false_positive_rate_at_tpr(is_ood, scores)
+        fps, tps = detection_curve(is_ood, np.concatenate([scores_in[name], scores_ood[name]]))
+        out[f"auroc_{name}"] = _auroc(fps, tps)
+        out[f"aupr_{name}"] = _average_precision(fps, tps)
+        out[f"fpr95_{name}"] = _fpr_at_tpr(fps, tps, 0.95)
     return out
