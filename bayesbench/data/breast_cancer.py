@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import difflib
 import math
-import zlib
 
 import numpy as np
 import torch
-from sklearn.datasets import load_breast_cancer
-from sklearn.model_selection import train_test_split
 
 from bayesbench.data.base import Dataset
+from bayesbench.data.splits import seeded_rng, split_state, stratified_holdout
 from bayesbench.errors import DataError
 from bayesbench.task import Split, Task
 
@@ -31,11 +29,6 @@ accuracy to compare)."""
 
 OUT_OF_RANGE_FEATURES = 5
 """Features replaced by out-of-range values in each row of the ``out_of_range`` OOD set."""
-
-
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    """An independent generator per (seed, stream), so adding a stream changes no other one."""
-    return np.random.default_rng([seed % 2**64, zlib.crc32(stream.encode())])
 
 
 def population_split(
@@ -177,6 +170,8 @@ class BreastCancer(Dataset):
         val_fraction: float = 0.15,
         test_fraction: float = 0.25,
     ) -> None:
+        from sklearn.datasets import load_breast_cancer  # when used: not on import
+
         data = load_breast_cancer()
         names = [str(n) for n in data.feature_names]
         if shift_feature not in names:
@@ -225,6 +220,8 @@ class BreastCancer(Dataset):
 
     def build(self, seed: int) -> Task:
         """Splits, shifted sets and OOD sets for this seed (same seed, same tensors)."""
+        from sklearn.datasets import load_breast_cancer  # when used: not on import
+
         data = load_breast_cancer()
         features, labels = data.data.astype(np.float64), data.target
         column = list(data.feature_names).index(self.shift_feature)
@@ -232,16 +229,12 @@ class BreastCancer(Dataset):
             features[:, column], labels, self.in_distribution_quantile
         )
 
-        split_state = int(_rng(seed, "split").integers(2**31 - 1))
-        rest, test = train_test_split(
-            inside, test_size=self.test_fraction, stratify=labels[inside],
-            random_state=split_state,
+        state = split_state(seed)  # the splits keep train_test_split's order (unsorted)
+        rest, test = stratified_holdout(inside, labels, self.test_fraction, state)
+        train, val = stratified_holdout(
+            rest, labels, self.val_fraction / (1 - self.test_fraction), state
         )
-        train, val = train_test_split(
-            rest, test_size=self.val_fraction / (1 - self.test_fraction),
-            stratify=labels[rest], random_state=split_state,
-        )
-        bands = cohort_mixture(test, far, labels, _rng(seed, "shift:population"))
+        bands = cohort_mixture(test, far, labels, seeded_rng(seed, "shift:population"))
         mean = features[train].mean(0)
         sd = features[train].std(0)
 
@@ -252,11 +245,11 @@ class BreastCancer(Dataset):
             return Split(to_x(features[index]), torch.as_tensor(labels[index], dtype=torch.long))
 
         test_rows = features[test]
-        perm_rng = _rng(seed, "ood:permuted_features")
+        perm_rng = seeded_rng(seed, "ood:permuted_features")
         permuted = np.stack(
             [perm_rng.permutation(test_rows[:, j]) for j in range(test_rows.shape[1])], axis=1
         )
-        range_rng = _rng(seed, "ood:out_of_range")
+        range_rng = seeded_rng(seed, "ood:out_of_range")
         out_of_range = test_rows.copy()
         top = features[train].max(0)
         for row in out_of_range:

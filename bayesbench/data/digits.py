@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import operator
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bayesbench.data.base import Dataset
+from bayesbench.data.splits import seeded_rng, split_state, stratified_holdout
 from bayesbench.errors import DataError
 from bayesbench.task import Split, Task
 
@@ -112,11 +112,6 @@ def reduce_contrast(images: np.ndarray, factor: float) -> np.ndarray:
     return mean + factor * (images - mean)
 
 
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    """An independent generator per (seed, stream), so adding a stream changes no other one."""
-    return np.random.default_rng([seed % 2**64, zlib.crc32(stream.encode())])
-
-
 def shifted_images(images: np.ndarray, seed: int) -> dict[str, dict[int, np.ndarray]]:
     """Every shift kind of :data:`SHIFT_LADDERS` at severities 1..5 of ``[N, 8, 8]`` images.
 
@@ -127,7 +122,7 @@ def shifted_images(images: np.ndarray, seed: int) -> dict[str, dict[int, np.ndar
     n, side, _ = images.shape
     out: dict[str, dict[int, np.ndarray]] = {}
 
-    noise = _rng(seed, "gaussian_noise").standard_normal(images.shape)
+    noise = seeded_rng(seed, "gaussian_noise").standard_normal(images.shape)
     out["gaussian_noise"] = {
         s: add_gaussian_noise(images, sigma, noise)
         for s, sigma in enumerate(SHIFT_LADDERS["gaussian_noise"], 1)
@@ -135,12 +130,12 @@ def shifted_images(images: np.ndarray, seed: int) -> dict[str, dict[int, np.ndar
     out["blur"] = {
         s: gaussian_blur(images, sigma) for s, sigma in enumerate(SHIFT_LADDERS["blur"], 1)
     }
-    signs = _rng(seed, "rotation").choice([-1.0, 1.0], size=n)
+    signs = seeded_rng(seed, "rotation").choice([-1.0, 1.0], size=n)
     out["rotation"] = {
         s: rotate(images, signs * angle) for s, angle in enumerate(SHIFT_LADDERS["rotation"], 1)
     }
 
-    rng = _rng(seed, "occlusion")
+    rng = seeded_rng(seed, "occlusion")
     sizes = [int(v) for v in SHIFT_LADDERS["occlusion"]]
     top = rng.integers(0, side - sizes[-1] + 1, n)
     left = rng.integers(0, side - sizes[-1] + 1, n)
@@ -224,7 +219,6 @@ class Digits(Dataset):
         # scikit-learn on first build, not on import: checking a config or loading a cached
         # task never needs it (0.4 s)
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         data = load_digits()
         images = data.images.astype(np.float64) / 16.0  # [1797, 8, 8] in [0, 1]
@@ -234,17 +228,12 @@ class Digits(Dataset):
         relabel[classes] = np.arange(len(classes))
 
         ind = np.flatnonzero(relabel[digits] >= 0)
-        labels = relabel[digits[ind]]
-        split_state = int(_rng(seed, "split").integers(2**31 - 1))
-        try:
-            rest, test = train_test_split(
-                ind, test_size=self.test_fraction, stratify=labels, random_state=split_state
-            )
-            train, val = train_test_split(
-                rest,
-                test_size=self.val_fraction / (1 - self.test_fraction),
-                stratify=relabel[digits[rest]],
-                random_state=split_state,
+        state = split_state(seed)
+        label_of = relabel[digits]  # per image
+        try:  # the splits keep train_test_split's order (the tensors' order since version 1)
+            rest, test = stratified_holdout(ind, label_of, self.test_fraction, state)
+            train, val = stratified_holdout(
+                rest, label_of, self.val_fraction / (1 - self.test_fraction), state
             )
         except ValueError as exc:
             raise DataError(
@@ -269,7 +258,8 @@ class Digits(Dataset):
         if len(held):
             ood["held_out_classes"] = self._to_x(images[held])
         noise_shape = (len(test), IMAGE_SIZE, IMAGE_SIZE)
-        ood["uniform_noise"] = self._to_x(_rng(seed, "uniform_noise").uniform(size=noise_shape))
+        noise = seeded_rng(seed, "uniform_noise").uniform(size=noise_shape)
+        ood["uniform_noise"] = self._to_x(noise)
         ood["inverted"] = self._to_x(1.0 - test_images)
 
         return Task(

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import difflib
 import re
-import zlib
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
 
 from bayesbench.data.base import Dataset
+from bayesbench.data.splits import split_state, stratified_holdout, stratified_split
 from bayesbench.errors import DataError
 from bayesbench.task import InputKind, Split, Task
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: not on import (0.3 s)
+    import pandas as pd
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 NPZ_SUFFIX = ".npz"
@@ -87,10 +88,6 @@ def encode_texts(texts: Sequence[str], vocab: dict[str, int], max_length: int) -
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """``(x - mean) / std`` per column; columns constant in training (std 0) are only centred."""
     return (x - mean) / np.where(std > 0, std, 1.0)
-
-
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    return np.random.default_rng([seed % 2**64, zlib.crc32(stream.encode())])
 
 
 def _sorted_labels(values: set[Hashable]) -> list[Hashable]:
@@ -338,20 +335,13 @@ class FileDataset(Dataset):
         rows = np.arange(len(data.train))
         if data.val is not None and data.test is not None:
             return rows, None, None
-        state = int(_rng(seed, "split").integers(2**31 - 1))
+        state = split_state(seed)
         y = data.train_y
         try:
             if data.val is None and data.test is None:
-                rest, test = train_test_split(rows, test_size=self.test_fraction, stratify=y,
-                                              random_state=state)
-                train, val = train_test_split(
-                    rest, test_size=self.val_fraction / (1 - self.test_fraction),
-                    stratify=y[rest], random_state=state,
-                )
-                return np.sort(train), np.sort(val), np.sort(test)
+                return stratified_split(rows, y, self.val_fraction, self.test_fraction, state)
             fraction = self.val_fraction if data.val is None else self.test_fraction
-            train, held = train_test_split(rows, test_size=fraction, stratify=y,
-                                           random_state=state)
+            train, held = stratified_holdout(rows, y, fraction, state)
         except ValueError as exc:
             missing = " and ".join(
                 p for p, given in (("val", data.val), ("test", data.test)) if given is None
@@ -466,6 +456,8 @@ class FileDataset(Dataset):
         return p
 
     def _read_table(self, role: str, path: str) -> pd.DataFrame:
+        import pandas as pd
+
         suffix = self._suffix(role, path)
         p = self._existing(role, path)
         if suffix == ".parquet":
@@ -514,6 +506,8 @@ class FileDataset(Dataset):
         self, frames: list[tuple[str, str, bool, pd.DataFrame]]
     ) -> tuple[list[_Source], list[str]]:
         """Labels and inputs of every table; also the feature columns used ([] for text)."""
+        import pandas as pd
+
         train_role, train_path, _, train_frame = frames[0]
         names: list[str] = []
         if self.text_column is None:
@@ -546,6 +540,8 @@ class FileDataset(Dataset):
         return sources, list(names)
 
     def _default_features(self, role: str, path: str, frame: pd.DataFrame) -> list[str]:
+        import pandas as pd
+
         names = []
         for name in frame.columns:
             if name == self.label_column:
@@ -570,6 +566,8 @@ class FileDataset(Dataset):
 
     def _features(self, role: str, path: str, frame: pd.DataFrame,
                   names: list[str]) -> np.ndarray:
+        import pandas as pd
+
         columns = []
         for name in names:
             col = self._column(role, path, frame, name, "feature")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from bayesbench.data.base import Dataset
+from bayesbench.data.splits import seeded_rng, split_state, stratified_split
 from bayesbench.errors import DataError
 from bayesbench.task import Split, Task
 
@@ -34,11 +33,6 @@ SHIFT_LADDERS: dict[str, tuple[float, ...]] = {
     "sensor_dropout": (3.0, 6.0, 9.0, 12.0, 15.0),
 }
 """Shift kind -> parameter at severities 1..5 (1 = mildest)."""
-
-
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    """An independent generator per (seed, stream), so adding a stream changes no other one."""
-    return np.random.default_rng([seed % 2**64, zlib.crc32(stream.encode())])
 
 
 def data_folder() -> Path:
@@ -127,13 +121,13 @@ def shifted_series(x: np.ndarray, seed: int) -> dict[str, dict[int, np.ndarray]]
     of a kind (noise, warp direction, gap places) are shared by its severities, and the gaps
     are nested (each inside the next longer one)."""
     n, length = x.shape
-    noise = _rng(seed, "gaussian_noise").standard_normal(x.shape)
+    noise = seeded_rng(seed, "gaussian_noise").standard_normal(x.shape)
     out = {"gaussian_noise": {s: add_noise(x, sigma, noise)
                               for s, sigma in enumerate(SHIFT_LADDERS["gaussian_noise"], 1)}}
-    direction = _rng(seed, "time_warp").choice([-1.0, 1.0], size=n)
+    direction = seeded_rng(seed, "time_warp").choice([-1.0, 1.0], size=n)
     out["time_warp"] = {s: time_warp(x, w, direction)
                         for s, w in enumerate(SHIFT_LADDERS["time_warp"], 1)}
-    rng = _rng(seed, "sensor_dropout")
+    rng = seeded_rng(seed, "sensor_dropout")
     hours = [int(h) for h in SHIFT_LADDERS["sensor_dropout"]]
     start = rng.integers(0, length - hours[-1] + 1, n)
     starts = {len(hours): start}
@@ -212,14 +206,9 @@ class ItalyPowerDemand(Dataset):
     def split_indices(self, seed: int) -> dict[str, np.ndarray]:
         """Row indices of :meth:`series` in ``train``, ``val`` and ``test`` (stratified)."""
         _, y = self.series()
-        split_state = int(_rng(seed, "split").integers(2**31 - 1))
-        rest, test = train_test_split(np.arange(len(y)), test_size=self.test_fraction,
-                                      stratify=y, random_state=split_state)
-        train, val = train_test_split(
-            rest, test_size=self.val_fraction / (1 - self.test_fraction), stratify=y[rest],
-            random_state=split_state,
-        )
-        return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+        train, val, test = stratified_split(np.arange(len(y)), y, self.val_fraction,
+                                            self.test_fraction, split_state(seed))
+        return {"train": train, "val": val, "test": test}
 
     def to_x(self, series: np.ndarray) -> torch.Tensor:
         """``[N, 24]`` -> ``[N, 24 / p, p]`` float32 patches."""

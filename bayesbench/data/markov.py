@@ -7,14 +7,13 @@ uniform random tokens."""
 from __future__ import annotations
 
 import operator
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import logsumexp
 
 from bayesbench.data.base import Dataset
+from bayesbench.data.splits import seeded_rng
 from bayesbench.errors import DataError
 from bayesbench.task import Split, Task
 
@@ -23,11 +22,6 @@ LENGTH_FACTORS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0)
 
 PERTURBATION_WEIGHTS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 """``perturbed_transitions`` shift: weight w of the random matrix, severities 1..5."""
-
-
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    """An independent generator per (seed, stream), so adding a stream changes no other one."""
-    return np.random.default_rng([seed % 2**64, zlib.crc32(stream.encode())])
 
 
 @dataclass(frozen=True)
@@ -97,6 +91,8 @@ class MarkovChainSet:
     def posterior(self, x: np.ndarray) -> np.ndarray:
         """Exact ``p(class | x)`` under a uniform class prior: ``[N, K]``, rows sum to one
         (normalised in log space, so long sequences do not underflow)."""
+        from scipy.special import logsumexp  # when used: scipy.special takes 0.1 s to import
+
         ll = self.log_likelihood(x)
         return np.exp(ll - logsumexp(ll, axis=1, keepdims=True))
 
@@ -208,7 +204,8 @@ class MarkovChains(Dataset):
 
     def _random_chains(self, stream: str) -> MarkovChainSet:
         return MarkovChainSet.random(
-            _rng(self.process_seed, stream), self.num_classes, self.vocab_size, self.concentration
+            seeded_rng(self.process_seed, stream), self.num_classes, self.vocab_size,
+            self.concentration,
         )
 
     def build(self, seed: int) -> Task:
@@ -216,7 +213,7 @@ class MarkovChains(Dataset):
         chains = self.chains()
 
         def draw(process: MarkovChainSet, n: int, length: int, stream: str) -> Split:
-            rng = _rng(seed, stream)
+            rng = seeded_rng(seed, stream)
             y = rng.integers(0, self.num_classes, n)
             x = process.sample(rng, y, length)
             return Split(
@@ -236,12 +233,12 @@ class MarkovChains(Dataset):
                 for s, w in enumerate(PERTURBATION_WEIGHTS, 1)
             },
         }
-        ood_rng = _rng(seed, "ood:unseen_chains")
+        ood_rng = seeded_rng(seed, "ood:unseen_chains")
         ood = {
             "unseen_chains": torch.as_tensor(self.unseen_chains().sample(
                 ood_rng, ood_rng.integers(0, self.num_classes, self.num_test), self.length
             )),
-            "uniform_tokens": torch.as_tensor(_rng(seed, "ood:uniform_tokens").integers(
+            "uniform_tokens": torch.as_tensor(seeded_rng(seed, "ood:uniform_tokens").integers(
                 0, self.vocab_size, (self.num_test, self.length)
             )),
         }
