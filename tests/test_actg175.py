@@ -5,6 +5,8 @@ standardisation, OOD sets, and a missing package at config time."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +229,25 @@ def test_missing_package_exits_2_from_the_command_line(tmp_path, run_cli) -> Non
     assert out.returncode == 2, out.stdout + out.stderr
     assert "pip install 'bayesbench[clinical]'" in " ".join((out.stdout + out.stderr).split())
     assert "Traceback" not in out.stderr and not (tmp_path / "s.sqlite").exists()
+
+
+def test_a_config_check_reads_the_class_counts_without_pandas(table, tmp_path) -> None:
+    """ACTG175() and check() need only the class counts outside the held-out cohort: read
+    with the csv module, they equal pandas' (and load_table's), and a table lacking a column
+    fails both ways with the same fix."""
+    held = table["hemo"].to_numpy() == 1
+    expected = np.bincount(table["cens"].to_numpy()[~held], minlength=2)
+    assert actg175.cohort_class_counts(csv_path()).tolist() == expected.tolist()
+    _, outcome, held_flag, _ = actg175.load_table(csv_path())
+    assert np.bincount(outcome[~held_flag], minlength=2).tolist() == expected.tolist()
+    broken = tmp_path / "ACTG175.csv"
+    table.drop(columns=["cd40"]).to_csv(broken, index=False)
+    for read in (actg175.cohort_class_counts, actg175.load_table):
+        with pytest.raises(DataError, match=r"lacks the columns cd40; reinstall lifelines"):
+            read(broken)
+    code = ("import sys; from bayesbench.data.actg175 import ACTG175; d = ACTG175(); "
+            "d.check(); print('pandas' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

@@ -8,6 +8,7 @@ features, out-of-range measurements."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import importlib.util
 import math
@@ -72,6 +73,30 @@ def csv_path() -> Path:
     return path
 
 
+_NEEDED_COLUMNS = (*MEASUREMENTS, *INDICATORS, "arms", OUTCOME, HELD_OUT, "pidnum")
+
+
+def _missing_columns_error(path: Path, missing: list[str]) -> DataError:
+    return DataError(f"actg175: {path} lacks the columns {', '.join(missing)}; reinstall "
+                     f"lifelines: pip install --force-reinstall '{PACKAGE}>=0.30'")
+
+
+@functools.lru_cache(maxsize=2)
+def cohort_class_counts(path: Path) -> np.ndarray:
+    """Patients per outcome class outside the held-out cohort, ``[2]``: all a config check
+    needs, read with the csv module (``load_table`` needs pandas, 0.6 s to import, which a run
+    from a warm dataset cache never does). DataError if a needed column is missing."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        missing = [c for c in _NEEDED_COLUMNS if c not in header]
+        if missing:
+            raise _missing_columns_error(path, missing)
+        outcome, held = header.index(OUTCOME), header.index(HELD_OUT)
+        outcomes = [int(float(row[outcome])) for row in reader if float(row[held]) != 1]
+    return np.bincount(np.array(outcomes, dtype=np.int64), minlength=2)
+
+
 @functools.lru_cache(maxsize=2)
 def load_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(features ``[N, 18]`` float64 in :data:`FEATURES` order, outcome ``[N]``, the held-out
@@ -80,11 +105,9 @@ def load_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     import pandas as pd  # on a build only: a cached task never reads the table
 
     table = pd.read_csv(path)
-    needed = [*MEASUREMENTS, *INDICATORS, "arms", OUTCOME, HELD_OUT, "pidnum"]
-    missing = [c for c in needed if c not in table.columns]
+    missing = [c for c in _NEEDED_COLUMNS if c not in table.columns]
     if missing:
-        raise DataError(f"actg175: {path} lacks the columns {', '.join(missing)}; reinstall "
-                        f"lifelines: pip install --force-reinstall '{PACKAGE}>=0.30'")
+        raise _missing_columns_error(path, missing)
     arms = table["arms"].to_numpy()
     columns = [table[c].to_numpy(dtype=np.float64) for c in (*MEASUREMENTS, *INDICATORS)]
     columns += [(arms == a).astype(np.float64) for a in range(len(ARMS))]
@@ -196,8 +219,7 @@ class ACTG175(Dataset):
                 "leaves under 20% for training; make their sum less than 0.8"
             )
         self.path = csv_path()  # a missing package fails here, at config time
-        _, outcome, held, _ = load_table(self.path)
-        class_counts = np.bincount(outcome[~held], minlength=2)
+        class_counts = cohort_class_counts(self.path)
 
         def fits(quantile: float) -> bool:
             n_test, most, far = _test_sizes(class_counts, quantile, test_fraction)
@@ -226,7 +248,7 @@ class ACTG175(Dataset):
 
     def check(self) -> None:
         """The lifelines package and its ACTG175.csv are installed (DataError with the fix)."""
-        load_table(csv_path())
+        cohort_class_counts(csv_path())
 
     def patients(self, seed: int) -> dict[str, np.ndarray]:
         """Row indices into ACTG175.csv: ``train``, ``val``, ``test``, ``far`` (the far
