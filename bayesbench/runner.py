@@ -102,8 +102,8 @@ def package_versions() -> dict[str, str]:
 
 def _distribution_version(distribution: str, module: str) -> str:
     """The installed version of ``distribution`` from its metadata, else the module's
-    ``__version__`` (importing scikit-learn and pandas only to read it costs 0.6 s in a driver
-    whose datasets do not import them)."""
+    ``__version__`` (importing scikit-learn and pandas only to read it would cost 0.6 s in a
+    driver that otherwise never imports them)."""
     from importlib import import_module, metadata
 
     try:
