@@ -11,7 +11,6 @@ import contextlib
 import functools
 import operator
 import sys
-import zlib
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from bayesbench.data.base import Dataset
+from bayesbench.data.splits import seeded_rng, stream_entropy
 from bayesbench.errors import DataError
 from bayesbench.task import Split, Task
 
@@ -75,8 +75,7 @@ NUM_RANDOM_TEMPLATES = 100
 
 def _stream_seed(seed: int, stream: str) -> int:
     """A 32-bit seed per (seed, stream) for the generator's global numpy state."""
-    return int(np.random.SeedSequence([seed % 2**64, zlib.crc32(stream.encode())])
-               .generate_state(1)[0])
+    return int(np.random.SeedSequence(stream_entropy(seed, stream)).generate_state(1)[0])
 
 
 @contextlib.contextmanager
@@ -158,7 +157,7 @@ def _raw_signals(num_samples: int, num_test: int, seed: int) -> dict[str, np.nda
         for s, value in enumerate(SHIFT_LADDERS[kind], 1):
             x, y = generate_signals(digits, per_class, generator_args(**{arg: value}), stream)
             out[f"{kind}.{s}.x"], out[f"{kind}.{s}.y"] = x, y
-    rng = np.random.default_rng([seed % 2**64, zlib.crc32(b"random_templates")])
+    rng = seeded_rng(seed, "random_templates")
     out["ood.random_templates"], _ = generate_signals(
         random_templates(rng, NUM_RANDOM_TEMPLATES),
         max(1, num_test // NUM_RANDOM_TEMPLATES),

@@ -13,9 +13,15 @@ import zlib
 import numpy as np
 
 
+def stream_entropy(seed: int, stream: str) -> list[int]:
+    """The seed material of one named random stream of a seed (what :func:`seeded_rng` and
+    mnist1d's global-state seeds are made from)."""
+    return [seed % 2**64, zlib.crc32(stream.encode())]
+
+
 def seeded_rng(seed: int, stream: str) -> np.random.Generator:
     """An independent generator per (seed, stream), so adding a stream changes no other one."""
-    return np.random.default_rng([seed % 2**64, zlib.crc32(stream.encode())])
+    return np.random.default_rng(stream_entropy(seed, stream))
 
 
 def split_state(seed: int) -> int:

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 _PR_SET_PDEATHSIG = 1
 
@@ -42,7 +42,7 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def _exit_now() -> None:
+def _exit_now() -> NoReturn:
     """End this worker without the interpreter's teardown: with torch loaded, unloading every
     module takes about 1 s, which the driver's ``close`` would wait for at the end of every
     `bayesbench run`. Nothing is lost: each result was sent whole before the next ``recv``,
